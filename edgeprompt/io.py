@@ -1,0 +1,165 @@
+"""Safe file I/O: every write goes to a temporary name and is renamed into place, and nothing
+is ever unpickled (safetensors and JSON only).
+
+A process killed at any moment leaves either the previous file or the new one, never a torn one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+from safetensors.numpy import load_file as _np_load_file
+from safetensors.numpy import save as _np_save_bytes
+
+from .constants import PICKLE_SUFFIXES
+
+
+class EdgePromptError(Exception):
+    """A user-facing error: the message names the thing that is wrong and how to fix it."""
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with _suppress():
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode("utf-8"))
+
+
+def atomic_write_safetensors(
+    path: str | os.PathLike, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None
+) -> None:
+    """Save numpy arrays (contiguous copies are made) as safetensors, atomically."""
+    arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+    atomic_write_bytes(path, _np_save_bytes(arrays, metadata=dict(metadata) if metadata else None))
+
+
+def read_json(path: str | os.PathLike, what: str) -> Any:
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise EdgePromptError(f"{what} not found: {path}") from None
+    except json.JSONDecodeError as e:
+        raise EdgePromptError(f"{what} {path} is not valid JSON ({e}); restore it or remove it.") from None
+
+
+def refuse_pickle(path: str | os.PathLike) -> None:
+    """Raise for a pickle-based checkpoint: loading one runs arbitrary code."""
+    p = Path(path)
+    if p.suffix.lower() in PICKLE_SUFFIXES:
+        raise EdgePromptError(
+            f"{p} is a pickle-based checkpoint ({p.suffix}); edgeprompt refuses pickles because loading "
+            "one can run arbitrary code. Convert it to safetensors (e.g. save it again with "
+            "safe_serialization=True) and pass the .safetensors file."
+        )
+
+
+def read_safetensors(path: str | os.PathLike, what: str) -> dict[str, np.ndarray]:
+    path = Path(path)
+    refuse_pickle(path)
+    if not path.exists():
+        raise EdgePromptError(f"{what} not found: {path}")
+    try:
+        return _np_load_file(str(path))
+    except Exception as e:  # safetensors raises several types for a torn or foreign file
+        raise EdgePromptError(f"{what} {path} is not a readable safetensors file ({e}).") from None
+
+
+@contextmanager
+def atomic_directory(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling folder; on success it replaces ``final`` in one rename.
+
+    An existing ``final`` is first renamed aside and removed only after the new one is in
+    place, so a crash leaves either the old folder or the new one (plus a stray temporary,
+    which readers ignore because its name starts with a dot).
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if final.exists():
+        old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(final, old)
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_directory(final: str | os.PathLike) -> None:
+    """Finish an :func:`atomic_directory` swap that a crash cut between its two renames.
+
+    If ``final`` is missing but its renamed-aside old copy exists, put the old copy back.
+    Stray temporaries of a crashed write are removed.
+    """
+    final = Path(final)
+    parent = final.parent
+    if not parent.is_dir():
+        return
+    olds = sorted(parent.glob(f".{final.name}.old-*"))
+    if not final.exists() and olds:
+        os.replace(olds[-1], final)
+        olds = olds[:-1]
+    for stray in olds + sorted(parent.glob(f".{final.name}.tmp-*")):
+        shutil.rmtree(stray, ignore_errors=True)
+
+
+@contextmanager
+def _suppress() -> Iterator[None]:
+    try:
+        yield
+    except OSError:
+        pass
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while b := f.read(chunk):
+            h.update(b)
+    return h.hexdigest()

@@ -1,0 +1,118 @@
+"""What a task is: its kind, its text template, its instruction and its labels (torch-free).
+
+Tokenization is defined here once, piecewise, so that training, evaluation and the on-device
+runtimes produce the same ids::
+
+    ids = encode(head) + encode(text)[:max_text_tokens] + encode(tail) [+ encode(verbalizer)]
+
+where ``template = head + "{text}" + tail``. A space that ends ``head`` is moved to the front of
+the text, so "Tweet: {text}" tokenizes as a model expects (" hello", not " " + "hello").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from .constants import TaskKind
+from .io import EdgePromptError
+
+Encoder = Callable[[str], list]
+
+
+@dataclass
+class TaskSpec:
+    """A task's template and labels.
+
+    Args:
+        kind: classification (labels + verbalizers) or generation (a target text).
+        template: contains ``{text}`` exactly once.
+        instruction: the plain-language instruction; used by the zero-shot baseline and as the
+            text that initialises a prompt with ``init="text"``.
+        labels: ordered label names (classification).
+        verbalizers: the text the model should produce for each label, default ``" " + label``.
+    """
+
+    kind: TaskKind = TaskKind.CLASSIFICATION
+    template: str = "{text}"
+    instruction: str = ""
+    labels: list[str] = field(default_factory=list)
+    verbalizers: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.kind = TaskKind(self.kind)
+        if self.template.count("{text}") != 1:
+            raise EdgePromptError(f"template {self.template!r} must contain '{{text}}' exactly once.")
+        if self.kind == TaskKind.CLASSIFICATION:
+            if len(self.labels) < 2:
+                raise EdgePromptError(f"a classification task needs at least two labels, got {self.labels!r}.")
+            if len(set(self.labels)) != len(self.labels):
+                raise EdgePromptError(f"labels repeat: {self.labels!r}.")
+            self.verbalizers = {lab: self.verbalizers.get(lab, " " + lab) for lab in self.labels}
+            extra = set(self.verbalizers) - set(self.labels)
+            if extra:
+                raise EdgePromptError(f"verbalizers given for unknown labels {sorted(extra)}; labels are {self.labels}.")
+            if len(set(self.verbalizers.values())) != len(self.labels):
+                raise EdgePromptError(f"two labels share a verbalizer: {self.verbalizers!r}.")
+        elif self.labels:
+            raise EdgePromptError("a generation task takes no labels (its targets are texts).")
+
+    def split_template(self) -> tuple[str, str, bool]:
+        head, tail = self.template.split("{text}")
+        lead_space = head.endswith(" ")
+        return (head[:-1] if lead_space else head), tail, lead_space
+
+    def encode_input(self, encode: Encoder, text: str, max_text_tokens: int | None = None) -> list[int]:
+        """Token ids of the templated input (no BOS, no label)."""
+        head, tail, lead_space = self.split_template()
+        text_ids = encode((" " if lead_space else "") + text)
+        if max_text_tokens is not None:
+            text_ids = text_ids[:max_text_tokens]
+        return (encode(head) if head else []) + text_ids + (encode(tail) if tail else [])
+
+    def verbalizer_ids(self, encode: Encoder) -> list[list[int]]:
+        """Token ids of each label's verbalizer, in label order; must be non-empty and distinct."""
+        out = [encode(self.verbalizers[lab]) for lab in self.labels]
+        for lab, ids in zip(self.labels, out):
+            if not ids:
+                raise EdgePromptError(f"the verbalizer of label {lab!r} ({self.verbalizers[lab]!r}) encodes to no tokens.")
+        if len({tuple(x) for x in out}) != len(out):
+            raise EdgePromptError(f"two verbalizers encode to the same tokens: {self.verbalizers!r}.")
+        return out
+
+    def to_dict(self) -> dict:
+        return {
+            "kind": self.kind.value,
+            "template": self.template,
+            "instruction": self.instruction,
+            "labels": list(self.labels),
+            "verbalizers": dict(self.verbalizers),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TaskSpec":
+        return cls(
+            kind=d.get("kind", TaskKind.CLASSIFICATION.value),
+            template=d.get("template", "{text}"),
+            instruction=d.get("instruction", ""),
+            labels=list(d.get("labels") or []),
+            verbalizers=dict(d.get("verbalizers") or {}),
+        )
+
+
+def fit_text_budget(spec: TaskSpec, encode: Encoder, max_length: int, target_len: int) -> int:
+    """How many text tokens fit when the whole sequence may hold ``max_length`` tokens."""
+    head, tail, _ = spec.split_template()
+    fixed = len(encode(head)) if head else 0
+    fixed += len(encode(tail)) if tail else 0
+    budget = max_length - fixed - target_len
+    if budget < 1:
+        raise EdgePromptError(
+            f"max_length={max_length} leaves no room for text: the template takes {fixed} tokens and the "
+            f"label {target_len}; raise --max-length."
+        )
+    return budget
+
+
+def label_index(spec: TaskSpec, labels: Sequence[str]) -> dict[str, int]:
+    return {lab: i for i, lab in enumerate(spec.labels)}

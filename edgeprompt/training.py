@@ -1,0 +1,284 @@
+"""The training loop: only the prompt's parameters train; the base model is frozen.
+
+Resumable to the bit: the batch order is a pure function of (seed, step), and a checkpoint holds
+the parameters, the AdamW moments and the best-so-far state (safetensors) plus the loop state
+(JSON). Ctrl-C finishes the current step, writes a checkpoint and raises
+:class:`TrainingInterrupted`; ``resume=True`` continues with the same result as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .batching import Encoder, collate
+from .constants import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, TaskKind
+from .data import Dataset
+from .evaluation import evaluate
+from .io import EdgePromptError, atomic_directory, atomic_write_json, atomic_write_safetensors, read_json, read_safetensors, recover_directory
+from .methods import get_method
+from .models import FrozenLM
+from .prefix import logits_at, text_hidden
+
+#: Learning rates chosen from the sweep in benchmarks/sweep.md (per method).
+DEFAULT_LR = {"prompt_tuning": 0.3, "prefix_tuning": 1e-2}
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings. ``lr=None`` takes the method's default from :data:`DEFAULT_LR`."""
+
+    steps: int = 300
+    batch_size: int = 8
+    lr: float | None = None
+    weight_decay: float = 0.0
+    warmup_steps: int = 10
+    min_lr_ratio: float = 0.1  # cosine decay to this fraction of lr
+    grad_clip: float = 1.0
+    max_length: int = 96
+    eval_every: int = 50
+    eval_examples: int = 300  # dev examples per evaluation
+    checkpoint_every: int = 50
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "max_length"):
+            if int(getattr(self, name)) < 1:
+                raise EdgePromptError(f"{name}={getattr(self, name)} must be at least 1.")
+        if self.lr is not None and not (0 < self.lr < 10):
+            raise EdgePromptError(f"lr={self.lr} is out of range (0, 10).")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise EdgePromptError(f"min_lr_ratio={self.min_lr_ratio} must be within [0, 1].")
+
+    def lr_at(self, step: int, base: float) -> float:
+        if step < self.warmup_steps:
+            return base * (step + 1) / self.warmup_steps
+        span = max(1, self.steps - self.warmup_steps)
+        t = min(1.0, (step - self.warmup_steps) / span)
+        return base * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+class TrainingInterrupted(Exception):
+    def __init__(self, step: int, checkpoint: Path):
+        super().__init__(f"training interrupted at step {step}; checkpoint saved to {checkpoint}. Continue with --resume.")
+        self.step, self.checkpoint = step, checkpoint
+
+
+@dataclass
+class TrainResult:
+    module: Any
+    best_step: int
+    best_dev: dict
+    history: list[dict] = field(default_factory=list)
+    wall_time_s: float = 0.0
+    steps: int = 0
+    lr: float = 0.0
+
+
+def batch_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
+    """The example indices of ``step``: epochs of seeded permutations, concatenated."""
+    start = step * batch_size
+    out = []
+    while len(out) < batch_size:
+        epoch, offset = divmod(start + len(out), n)
+        perm = np.random.default_rng([seed, epoch]).permutation(n)
+        out.extend(perm[offset : offset + batch_size - len(out)].tolist())
+    return np.array(out)
+
+
+def loss_on_batch(lm: FrozenLM, module, batch) -> torch.Tensor:
+    """Mean cross-entropy on the target tokens only (label verbalizers or target text)."""
+    h = text_hidden(lm, module.kv(lm), batch.input_ids, batch.attention_mask)  # (B, T, d)
+    logits = logits_at(lm, h[batch.tgt_rows, batch.tgt_pos - 1])  # (N, vocab): target rows only
+    return F.cross_entropy(logits.float(), batch.tgt_ids)
+
+
+def dev_score(report) -> float:
+    return report.accuracy if hasattr(report, "accuracy") else -report["nll"]
+
+
+def _report_dict(report) -> dict:
+    return report.to_dict() if hasattr(report, "to_dict") else dict(report)
+
+
+class _SigintFlag:
+    """Turns Ctrl-C into a flag checked between steps (main thread only)."""
+
+    def __init__(self):
+        self.hit = False
+        self._old = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._on)
+        return self
+
+    def _on(self, signum, frame):
+        if self.hit:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.hit = True
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+def _save_checkpoint(path: Path, step: int, module, opt, best: dict, best_step: int, best_dev: dict, history: list, meta: dict) -> None:
+    tensors: dict[str, np.ndarray] = {}
+    for name, p in module.state_dict().items():
+        tensors[f"param/{name}"] = p.detach().cpu().numpy()
+    for name, t in best.items():
+        tensors[f"best/{name}"] = t.cpu().numpy()
+    osd = opt.state_dict()
+    for idx, st in osd["state"].items():
+        for k, v in st.items():
+            tensors[f"opt/{idx}/{k}"] = torch.as_tensor(v).reshape(-1).cpu().numpy() if k == "step" else v.cpu().numpy()
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "step": step,
+        "best_step": best_step,
+        "best_dev": best_dev,
+        "history": history,
+        "param_groups": osd["param_groups"],
+        **meta,
+    }
+    with atomic_directory(path) as tmp:
+        atomic_write_safetensors(tmp / "tensors.safetensors", tensors)
+        atomic_write_json(tmp / "state.json", state)
+
+
+def _load_checkpoint(path: Path, module, opt, meta: dict):
+    recover_directory(path)
+    state = read_json(path / "state.json", "checkpoint state")
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise EdgePromptError(f"{path} is not an edgeprompt checkpoint.")
+    for key in ("method", "method_config", "train_config", "data_sha256", "fingerprint"):
+        if state.get(key) != meta.get(key):
+            raise EdgePromptError(
+                f"cannot resume from {path}: its {key} was {state.get(key)!r}, this run has {meta.get(key)!r}. "
+                "Resume with the same settings, or start afresh without --resume (or another --name)."
+            )
+    t = read_safetensors(path / "tensors.safetensors", "checkpoint tensors")
+    module.load_state_dict({k[6:]: torch.from_numpy(v) for k, v in t.items() if k.startswith("param/")})
+    best = {k[5:]: torch.from_numpy(v) for k, v in t.items() if k.startswith("best/")}
+    opt_state: dict[int, dict] = {}
+    for k, v in t.items():
+        if k.startswith("opt/"):
+            _, idx, name = k.split("/", 2)
+            opt_state.setdefault(int(idx), {})[name] = torch.from_numpy(v).reshape(()) if name == "step" else torch.from_numpy(v)
+    opt.load_state_dict({"state": opt_state, "param_groups": state["param_groups"]})
+    return state["step"], best, state["best_step"], state["best_dev"], state["history"]
+
+
+def train(
+    lm: FrozenLM,
+    data: Dataset,
+    method: str,
+    method_config: Any,
+    config: TrainConfig,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> TrainResult:
+    """Train a prompt for ``data`` on the frozen ``lm``; return the best-on-dev module."""
+    spec_m = get_method(method)
+    if not data.train:
+        raise EdgePromptError(f"dataset {data.name!r} has no training examples.")
+    torch.manual_seed(config.seed)
+    label_text = "".join(data.spec.verbalizers.values()) if data.spec.kind == TaskKind.CLASSIFICATION else ""
+    module = spec_m.module_cls(method_config, lm, init_text=data.spec.instruction, label_text=label_text, seed=config.seed)
+    lr = config.lr if config.lr is not None else DEFAULT_LR[spec_m.name]
+    params = [p for p in module.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
+    enc = Encoder(lm, data.spec, config.max_length)
+    train_enc = [enc.example(ex) for ex in data.train]
+    dev = data.dev[: config.eval_examples]
+    meta = {
+        "method": spec_m.name,
+        "method_config": method_config.to_dict(),
+        "train_config": asdict(config),
+        "data_sha256": data.sha256("train"),
+        "fingerprint": lm.info.fingerprint,
+    }
+    ckpt = Path(checkpoint_dir) if checkpoint_dir else None
+    step, best_step, best_dev, history = 0, -1, {}, []
+    best = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    if resume:
+        if ckpt is None or not (ckpt / "state.json").exists():
+            raise EdgePromptError(f"--resume: no checkpoint in {ckpt}; start without --resume.")
+        step, best, best_step, best_dev, history = _load_checkpoint(ckpt, module, opt, meta)
+
+    def evaluate_dev(at: int) -> None:
+        nonlocal best, best_step, best_dev
+        if not dev:
+            return
+        with torch.no_grad():
+            report = evaluate(lm, module.kv(lm), data.spec, dev, config.max_length)
+        d = _report_dict(report)
+        history.append({"step": at, "dev": d})
+        if best_step < 0 or dev_score(report) > dev_score_dict(best_dev):
+            best, best_step, best_dev = {k: v.detach().clone() for k, v in module.state_dict().items()}, at, d
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=config.steps, initial=step, desc=f"train {spec_m.name}", unit="step", dynamic_ncols=True)
+    t0 = time.perf_counter()
+    wall_before = history[-1].get("wall_s", 0.0) if history else 0.0
+    if step == 0 and not resume:
+        evaluate_dev(0)  # the starting point counts: a prompt must beat its own initialisation
+    module.train()
+    loss_ema = None
+    try:
+        with _SigintFlag() as sigint:
+            while step < config.steps:
+                idx = batch_indices(len(train_enc), config.batch_size, config.seed, step)
+                batch = collate([train_enc[i] for i in idx], lm.pad_token_id)
+                for g in opt.param_groups:
+                    g["lr"] = config.lr_at(step, lr)
+                loss = loss_on_batch(lm, module, batch)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if config.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+                opt.step()
+                step += 1
+                loss_ema = loss.item() if loss_ema is None else 0.9 * loss_ema + 0.1 * loss.item()
+                if step % config.eval_every == 0 or step == config.steps:
+                    evaluate_dev(step)
+                    history[-1]["loss"] = round(loss_ema, 4)
+                    history[-1]["wall_s"] = round(wall_before + time.perf_counter() - t0, 1)
+                if bar is not None:
+                    post = {"loss": f"{loss_ema:.3f}"}
+                    if best_dev:
+                        post["dev"] = f"{dev_score_dict(best_dev):.3f}"
+                    bar.set_postfix(post)
+                    bar.update(1)
+                if ckpt is not None and (step % config.checkpoint_every == 0 or sigint.hit or step == config.steps):
+                    _save_checkpoint(ckpt, step, module, opt, best, best_step, best_dev, history, meta)
+                if sigint.hit and step < config.steps:
+                    raise TrainingInterrupted(step, ckpt) if ckpt else KeyboardInterrupt()
+    finally:
+        if bar is not None:
+            bar.close()
+    module.load_state_dict(best)
+    module.eval()
+    wall = wall_before + time.perf_counter() - t0
+    return TrainResult(module, best_step, best_dev, history, wall_time_s=wall, steps=step, lr=lr)
+
+
+def dev_score_dict(d: dict) -> float:
+    if not d:
+        return float("-inf")
+    return d["accuracy"] if "accuracy" in d else -d["nll"]
