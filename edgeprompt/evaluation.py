@@ -33,8 +33,11 @@ def label_logprobs(lm: FrozenLM, kv: KV | None, enc: Encoder, examples: list[Exa
     out = np.zeros((len(examples), K), dtype=np.float64)
     single = all(len(v) == 1 for v in verbs)
     first = torch.tensor([v[0] for v in verbs])
+    # Batches of similar length waste less compute on padding; rows go back to input order.
+    order = sorted(range(len(examples)), key=lambda i: len(enc.input_ids(examples[i].text)))
     for s in range(0, len(examples), batch_size):
-        chunk = examples[s : s + batch_size]
+        rows = order[s : s + batch_size]
+        chunk = [examples[i] for i in rows]
         if single:
             # One pass: the label is decided at the last input position.
             encs = [enc.example(ex, target=()) for ex in chunk]
@@ -42,7 +45,7 @@ def label_logprobs(lm: FrozenLM, kv: KV | None, enc: Encoder, examples: list[Exa
             h = text_hidden(lm, kv, b.input_ids, b.attention_mask)  # (B, T, d)
             last = b.attention_mask.sum(1) - 1
             logp = F.log_softmax(logits_at(lm, h[torch.arange(len(chunk)), last]).float(), dim=-1)  # (B, V)
-            out[s : s + len(chunk)] = logp[:, first].numpy()
+            out[rows] = logp[:, first].numpy()
         else:
             encs = [enc.example(ex, target=v) for ex in chunk for v in verbs]
             b = collate(encs, lm.pad_token_id)
@@ -50,7 +53,7 @@ def label_logprobs(lm: FrozenLM, kv: KV | None, enc: Encoder, examples: list[Exa
             logp = F.log_softmax(logits_at(lm, h[b.tgt_rows, b.tgt_pos - 1]).float(), dim=-1)
             tok = logp[torch.arange(len(b.tgt_ids)), b.tgt_ids]
             per_seq = torch.zeros(len(encs), dtype=torch.float64).index_add_(0, b.tgt_rows, tok.double())
-            out[s : s + len(chunk)] = per_seq.view(len(chunk), K).numpy()
+            out[rows] = per_seq.view(len(chunk), K).numpy()
     return out
 
 

@@ -26,6 +26,14 @@ class EdgePromptError(Exception):
     """A user-facing error: the message names the thing that is wrong and how to fix it."""
 
 
+class TrainingInterrupted(Exception):
+    """Ctrl-C during training: a checkpoint was written; ``--resume`` continues from it."""
+
+    def __init__(self, step: int, checkpoint: Path):
+        super().__init__(f"training interrupted at step {step}; checkpoint saved to {checkpoint}. Continue with --resume.")
+        self.step, self.checkpoint = step, checkpoint
+
+
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)

@@ -24,7 +24,7 @@ from .batching import Encoder, collate
 from .constants import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, TaskKind
 from .data import Dataset
 from .evaluation import evaluate
-from .io import EdgePromptError, atomic_directory, atomic_write_json, atomic_write_safetensors, read_json, read_safetensors, recover_directory
+from .io import EdgePromptError, TrainingInterrupted, atomic_directory, atomic_write_json, atomic_write_safetensors, read_json, read_safetensors, recover_directory
 from .methods import get_method
 from .models import FrozenLM
 from .prefix import logits_at, text_hidden
@@ -45,8 +45,8 @@ class TrainConfig:
     min_lr_ratio: float = 0.1  # cosine decay to this fraction of lr
     grad_clip: float = 1.0
     max_length: int = 96
-    eval_every: int = 50
-    eval_examples: int = 300  # dev examples per evaluation
+    eval_every: int = 100
+    eval_examples: int = 200  # dev examples per evaluation
     checkpoint_every: int = 50
     seed: int = 0
 
@@ -65,12 +65,6 @@ class TrainConfig:
         span = max(1, self.steps - self.warmup_steps)
         t = min(1.0, (step - self.warmup_steps) / span)
         return base * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
-
-
-class TrainingInterrupted(Exception):
-    def __init__(self, step: int, checkpoint: Path):
-        super().__init__(f"training interrupted at step {step}; checkpoint saved to {checkpoint}. Continue with --resume.")
-        self.step, self.checkpoint = step, checkpoint
 
 
 @dataclass
@@ -236,8 +230,6 @@ def train(
         bar = tqdm(total=config.steps, initial=step, desc=f"train {spec_m.name}", unit="step", dynamic_ncols=True)
     t0 = time.perf_counter()
     wall_before = history[-1].get("wall_s", 0.0) if history else 0.0
-    if step == 0 and not resume:
-        evaluate_dev(0)  # the starting point counts: a prompt must beat its own initialisation
     module.train()
     loss_ema = None
     try:

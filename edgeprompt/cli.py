@@ -1,0 +1,344 @@
+"""The ``edgeprompt`` command: a thin argparse layer over the library (no logic of its own)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Sequence
+
+from .constants import BANK_ENV, DEFAULT_MODEL, TaskKeys, TaskKind
+from .io import EdgePromptError, TrainingInterrupted
+
+
+def _default_bank() -> str:
+    return os.environ.get(BANK_ENV, "edgeprompt-bank")
+
+
+def _size(s: str) -> int | float:
+    v = float(s)
+    return int(v) if v >= 1 else v
+
+
+def _add_model(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=DEFAULT_MODEL, help="'default' (SmolLM2-135M-Instruct, embedded), a transformers folder or a .gguf file of the llama family")
+
+
+def _add_bank(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bank", default=_default_bank(), help=f"prompt bank folder (default: ${BANK_ENV} or ./edgeprompt-bank)")
+
+
+def _add_task_format(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("task format (for --data FILE; the built-in 'tweets' has its own)")
+    g.add_argument("--kind", choices=[k.value for k in TaskKind], default=TaskKind.CLASSIFICATION.value)
+    g.add_argument("--template", help="input template containing {text}, e.g. 'Review: {text}\\nSentiment:'")
+    g.add_argument("--instruction", help="plain instruction for the zero-shot baseline and init=text")
+    g.add_argument("--labels", help="comma-separated label names in order (default: the distinct values, sorted)")
+    g.add_argument("--verbalizer", action="append", default=[], metavar="LABEL=TEXT", help="what the model says for LABEL (default ' LABEL'); repeatable")
+
+
+def _spec_from_args(args, data_source: str):
+    from .data import BUILTIN_TASKS
+    from .tasks import TaskSpec
+
+    given = any([args.template, args.instruction, args.labels, args.verbalizer]) or args.kind != TaskKind.CLASSIFICATION.value
+    if data_source in BUILTIN_TASKS:
+        if given:
+            raise EdgePromptError(f"the built-in task {data_source!r} has a fixed format; --template/--labels/... apply to --data FILE.")
+        return None
+    if not given:
+        return None
+    verbs = {}
+    for v in args.verbalizer:
+        if "=" not in v:
+            raise EdgePromptError(f"--verbalizer {v!r} must look like LABEL=TEXT.")
+        k, t = v.split("=", 1)
+        verbs[k] = t
+    labels = [x.strip() for x in args.labels.split(",")] if args.labels else []
+    kind = TaskKind(args.kind)
+    if kind == TaskKind.CLASSIFICATION and not labels:
+        raise EdgePromptError("with --template or --instruction for a classification task, also pass --labels.")
+    return TaskSpec(
+        kind=kind,
+        template=args.template or ("{text}\nLabel:" if kind == TaskKind.CLASSIFICATION else "{text}\n"),
+        instruction=args.instruction or "",
+        labels=labels,
+        verbalizers=verbs,
+    )
+
+
+def _load_data(args):
+    from .data import BUILTIN_TASKS, load_dataset
+
+    spec = _spec_from_args(args, args.data)
+    if args.data in BUILTIN_TASKS:
+        load_args = {"source": args.data, "seed": args.data_seed}
+    else:
+        load_args = {
+            "source": os.path.abspath(args.data), "text_column": args.text_column, "label_column": args.label_column,
+            "seed": args.data_seed, "dev": args.dev, "test": args.test, "kind": args.kind,
+        }
+    kw = {k: v for k, v in load_args.items() if k != "source"}
+    return load_dataset(load_args["source"], spec=spec, **kw), load_args
+
+
+def cmd_train(args) -> int:
+    from .api import format_reports, train_task
+    from .bank import PromptBank
+    from .methods import config_from_dict, get_method
+    from .models import FrozenLM
+    from .training import TrainConfig
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    spec_m = get_method(args.method)
+    mcfg = {"num_virtual_tokens": args.num_virtual_tokens}
+    if args.init:
+        mcfg["init"] = args.init
+    if args.init_text:
+        mcfg["init_text"] = args.init_text
+    if spec_m.name == "prefix_tuning":
+        mcfg["projection"] = not args.no_projection
+        if args.encoder_hidden_size:
+            mcfg["encoder_hidden_size"] = args.encoder_hidden_size
+    elif args.no_projection or args.encoder_hidden_size:
+        raise EdgePromptError("--no-projection and --encoder-hidden-size apply to --method prefix only.")
+    method_config = config_from_dict(spec_m.config_cls, mcfg)
+    tcfg = TrainConfig(
+        steps=args.steps, batch_size=args.batch_size, lr=args.lr, max_length=args.max_length,
+        eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, seed=args.seed,
+        warmup_steps=args.warmup_steps,
+    )
+    bank = PromptBank(args.bank)
+    data, load_args = _load_data(args)
+    name = args.name or f"{data.name}-{spec_m.name.split('_')[0]}"
+    print(f"data: {data.name}: {len(data.train)} train / {len(data.dev)} dev / {len(data.test)} test", file=sys.stderr)
+    lm = FrozenLM.load(args.model)
+    print(f"model: {lm.info.name} (fingerprint {lm.info.fingerprint[:16]})", file=sys.stderr)
+    task, summary = train_task(
+        lm, data, load_args, spec_m.name, method_config, tcfg, bank, name,
+        overwrite=args.overwrite, resume=args.resume, progress=not args.quiet, evaluate_test=not args.no_test,
+    )
+    print(f"saved task {name!r} ({spec_m.name}, P={task.num_virtual_tokens}) to bank {bank.root} after {summary['wall_time_s']:.0f} s of training")
+    if "reports" in summary:
+        print(f"test split of {data.name}:")
+        print(format_reports(data.spec, summary["reports"]))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .api import dataset_for_task, evaluate_task, format_reports
+    from .bank import PromptBank
+    from .models import FrozenLM
+
+    bank = PromptBank(args.bank)
+    task = bank.task(args.task)
+    if args.data:
+        data, _ = _load_data(args)
+    else:
+        data = dataset_for_task(task)
+    examples = getattr(data, args.split)[: args.limit] if args.limit else getattr(data, args.split)
+    lm = FrozenLM.load(args.model)
+    rep = evaluate_task(lm, task, examples, max_length=args.max_length, baseline=not args.no_baseline)
+    if args.json:
+        print(json.dumps({"task": args.task, "split": args.split, "metrics": rep["task"], "zero_shot": rep["zero_shot"]}, indent=2))
+    else:
+        print(f"task {args.task!r} on the {args.split} split of {data.name} ({len(examples)} examples):")
+        print(format_reports(task.spec, rep["reports"]))
+    return 0
+
+
+def cmd_bank(args) -> int:
+    from .bank import PromptBank, bank_size_bytes
+
+    bank = PromptBank(args.bank)
+    if args.bank_cmd == "list":
+        info = bank.base_model()
+        if info is None:
+            print(f"bank {bank.root}: empty (no bank.json)")
+            return 0
+        print(f"bank {bank.root}  base model: {info.name}  fingerprint {info.fingerprint[:16]}")
+        rows = [("task", "method", "kind", "P", "test acc", "zero-shot", "size", "created")]
+        for t in bank.tasks():
+            m = t.manifest.get(TaskKeys.METRICS) or {}
+            acc = (m.get("test") or {}).get("accuracy")
+            zs = (m.get("zero_shot_test") or {}).get("accuracy")
+            rows.append((t.name, t.method.value, t.manifest[TaskKeys.KIND], str(t.num_virtual_tokens),
+                         f"{acc:.1%}" if acc is not None else "-", f"{zs:.1%}" if zs is not None else "-",
+                         f"{bank_size_bytes(t) / 1024:.0f} KiB", t.manifest.get(TaskKeys.CREATED, "-")))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        for r in rows:
+            print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        return 0
+    if args.bank_cmd == "show":
+        t = bank.task(args.name)
+        m = dict(t.manifest)
+        if not args.full and isinstance(m.get(TaskKeys.TRAINING), dict):
+            m[TaskKeys.TRAINING] = {k: v for k, v in m[TaskKeys.TRAINING].items() if k != "history"}
+        print(json.dumps(m, indent=2))
+        return 0
+    if args.bank_cmd == "remove":
+        bank.remove(args.name)
+        print(f"removed task {args.name!r} from {bank.root}")
+        return 0
+    if args.bank_cmd == "import-peft":
+        from .models import FrozenLM
+        from .peft_interop import import_peft
+        from .tasks import TaskSpec
+
+        spec = _spec_from_args(args, "") or TaskSpec(kind=TaskKind.GENERATION, template="{text}")
+        lm = FrozenLM.load(args.model)
+        t = import_peft(args.dir, bank, args.name, lm.info, spec, overwrite=args.overwrite)
+        print(f"imported {args.dir} as task {t.name!r} ({t.method.value}, P={t.num_virtual_tokens}) into {bank.root}")
+        return 0
+    if args.bank_cmd == "export-peft":
+        from .models import FrozenLM, resolve_model_dir
+        from .peft_interop import export_peft
+
+        lm = FrozenLM.load(args.model)
+        out = export_peft(bank.task(args.name), args.output, str(resolve_model_dir(args.model)), lm.info)
+        print(f"wrote PEFT checkpoint {out} (load with peft.PeftModel.from_pretrained(model, {str(out)!r}))")
+        return 0
+    raise AssertionError(args.bank_cmd)
+
+
+def cmd_models(args) -> int:
+    from .models import cache_dir, convert_gguf, default_gguf_path, list_cached_models, resolve_model_dir
+
+    if args.models_cmd == "list":
+        try:
+            g = default_gguf_path()
+            print(f"default: SmolLM2-135M-Instruct Q4_1 GGUF at {g}")
+        except EdgePromptError as e:
+            print(f"default: not installed ({e})")
+        print(f"converted models in {cache_dir() / 'models'}:")
+        for m in list_cached_models():
+            print(f"  {m['path']}  ({m.get('architecture')}, from {m.get('source')})")
+        return 0
+    if args.models_cmd == "convert":
+        from pathlib import Path
+
+        if args.source == DEFAULT_MODEL:
+            path = resolve_model_dir(DEFAULT_MODEL) if not args.force else convert_gguf(default_gguf_path(), "smollm2-135m-instruct-q4_1", force=True)
+        else:
+            src = Path(args.source)
+            if src.suffix.lower() != ".gguf":
+                raise EdgePromptError(f"{src}: convert takes a .gguf file or 'default' (transformers folders are used as they are).")
+            path = convert_gguf(src, force=args.force)
+        print(path)
+        return 0
+    raise AssertionError(args.models_cmd)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edgeprompt", description="Train soft prompts and prefixes on a frozen LLM and keep them in a prompt bank.")
+    p.add_argument("--version", action="version", version=f"edgeprompt {__import__('edgeprompt').__version__}")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    t = sub.add_parser("train", help="train a soft prompt or prefix on a frozen model and fold it into the bank",
+                       description="Train a prompt (only its parameters change), fold it into the bank, then report the test split next to the zero-shot baseline.")
+    _add_model(t)
+    _add_bank(t)
+    t.add_argument("--data", default="tweets", help="'tweets' (built-in 3-class sentiment) or a .csv/.tsv/.jsonl file")
+    t.add_argument("--text-column", default="text")
+    t.add_argument("--label-column", "--target-column", dest="label_column", default="label", help="label (classification) or target text (generation)")
+    t.add_argument("--dev", type=_size, default=0.1, help="dev split: a count, or a fraction < 1 (files only)")
+    t.add_argument("--test", type=_size, default=0.1, help="test split: a count, or a fraction < 1 (files only)")
+    t.add_argument("--data-seed", type=int, default=0, help="seed of the train/dev/test split")
+    _add_task_format(t)
+    t.add_argument("--method", default="prompt", help="prompt (prompt tuning) or prefix (prefix tuning)")
+    t.add_argument("--name", help="task name in the bank (default: DATA-METHOD)")
+    t.add_argument("-P", "--num-virtual-tokens", type=int, default=20)
+    t.add_argument("--init", help="prompt: text|labels|vocab|random; prefix: text|random (default text)")
+    t.add_argument("--init-text", help="initialisation text (default: the task instruction)")
+    t.add_argument("--no-projection", action="store_true", help="prefix: train the KV prefix directly, without the MLP")
+    t.add_argument("--encoder-hidden-size", type=int, help="prefix: MLP width (default 512)")
+    t.add_argument("--steps", type=int, default=300)
+    t.add_argument("--batch-size", type=int, default=8)
+    t.add_argument("--lr", type=float, help="learning rate (default: per method, see benchmarks/sweep.md)")
+    t.add_argument("--warmup-steps", type=int, default=10)
+    t.add_argument("--max-length", type=int, default=96, help="longest input + label in tokens (text is cut to fit)")
+    t.add_argument("--eval-every", type=int, default=100, help="dev evaluation every N steps; the best dev state is kept")
+    t.add_argument("--checkpoint-every", type=int, default=50)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    t.add_argument("--resume", action="store_true", help="continue an interrupted run of --name from its checkpoint")
+    t.add_argument("--overwrite", action="store_true", help="replace a task of the same name")
+    t.add_argument("--no-test", action="store_true", help="skip the test-split evaluation")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="accuracy, macro-F1 and confusion matrix of a bank task, next to the zero-shot baseline")
+    _add_model(e)
+    _add_bank(e)
+    e.add_argument("--task", required=True, help="task name in the bank")
+    e.add_argument("--split", choices=["test", "dev", "train"], default="test")
+    e.add_argument("--limit", type=int, help="evaluate the first N examples only")
+    e.add_argument("--data", help="evaluate on other data (default: the split the task was trained on)")
+    e.add_argument("--text-column", default="text")
+    e.add_argument("--label-column", "--target-column", dest="label_column", default="label")
+    e.add_argument("--dev", type=_size, default=0.1)
+    e.add_argument("--test", type=_size, default=0.1)
+    e.add_argument("--data-seed", type=int, default=0)
+    _add_task_format(e)
+    e.add_argument("--max-length", type=int, default=96)
+    e.add_argument("--no-baseline", action="store_true", help="skip the zero-shot baseline")
+    e.add_argument("--json", action="store_true", help="print JSON")
+    e.set_defaults(func=cmd_eval)
+
+    b = sub.add_parser("bank", help="list, show, remove, import and export the tasks of a prompt bank")
+    bsub = b.add_subparsers(dest="bank_cmd", required=True)
+    bl = bsub.add_parser("list", help="the tasks, with method, P, accuracy and size")
+    _add_bank(bl)
+    bs = bsub.add_parser("show", help="one task's manifest (JSON)")
+    _add_bank(bs)
+    bs.add_argument("name")
+    bs.add_argument("--full", action="store_true", help="include the training history")
+    br = bsub.add_parser("remove", help="delete a task")
+    _add_bank(br)
+    br.add_argument("name")
+    bi = bsub.add_parser("import-peft", help="import a PEFT prompt-tuning or prefix-tuning checkpoint (safetensors)")
+    _add_bank(bi)
+    _add_model(bi)
+    bi.add_argument("dir", help="folder with adapter_config.json and adapter_model.safetensors")
+    bi.add_argument("--name", required=True)
+    bi.add_argument("--overwrite", action="store_true")
+    _add_task_format(bi)
+    be = bsub.add_parser("export-peft", help="write a task as a PEFT checkpoint that peft.PeftModel.from_pretrained loads")
+    _add_bank(be)
+    _add_model(be)
+    be.add_argument("name")
+    be.add_argument("-o", "--output", required=True, help="output folder")
+    for sp in (bl, bs, br, bi, be):
+        sp.set_defaults(func=cmd_bank)
+
+    m = sub.add_parser("models", help="list base models, or convert a GGUF to a cached transformers folder")
+    msub = m.add_subparsers(dest="models_cmd", required=True)
+    msub.add_parser("list", help="the default model and the converted ones").set_defaults(func=cmd_models)
+    mc = msub.add_parser("convert", help="convert 'default' or a .gguf once into the cache; prints the folder")
+    mc.add_argument("source")
+    mc.add_argument("--force", action="store_true", help="convert again even if cached")
+    mc.set_defaults(func=cmd_models)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except EdgePromptError as e:
+        print(f"edgeprompt: error: {e}", file=sys.stderr)
+        return 2
+    except TrainingInterrupted as e:  # not an error: say how to continue
+        print(f"edgeprompt: {e}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("edgeprompt: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from edgeprompt.bank import PromptBank
+from edgeprompt.batching import Encoder, collate
+from edgeprompt.data import load_file
+from edgeprompt.prefix_tuning import PrefixTuningConfig
+from edgeprompt.prompt_tuning import PromptTuningConfig
+from edgeprompt.training import TrainConfig, batch_indices, loss_on_batch, train
+
+from .conftest import REPO
+
+
+@pytest.mark.parametrize("method, cfg", [("prompt_tuning", PromptTuningConfig(num_virtual_tokens=4)), ("prefix_tuning", PrefixTuningConfig(num_virtual_tokens=4, encoder_hidden_size=16))])
+def test_training_lowers_the_loss_and_keeps_the_model_frozen(tiny_lm, tiny_csv, method, cfg):
+    data = load_file(tiny_csv)
+    before = {k: v.clone() for k, v in tiny_lm.model.state_dict().items()}
+    enc = Encoder(tiny_lm, data.spec, 64)
+    batch = collate([enc.example(ex) for ex in data.train[:16]], tiny_lm.pad_token_id)
+    tc = TrainConfig(steps=30, batch_size=8, lr=0.05, eval_every=15, eval_examples=8, warmup_steps=2)
+    res = train(tiny_lm, data, method, cfg, tc, progress=False)
+    from edgeprompt.methods import get_method
+
+    start = get_method(method).module_cls(cfg, tiny_lm, init_text=data.spec.instruction, seed=0)
+    with torch.no_grad():
+        assert loss_on_batch(tiny_lm, res.module, batch) < loss_on_batch(tiny_lm, start, batch)
+    after = tiny_lm.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert [h["step"] for h in res.history] == [15, 30]
+
+
+def test_batch_order_is_a_function_of_seed_and_step():
+    a = [batch_indices(10, 4, 7, s).tolist() for s in range(6)]
+    assert a == [batch_indices(10, 4, 7, s).tolist() for s in range(6)]
+    flat = sum(a[:5], [])  # 20 draws = 2 epochs, each a permutation
+    assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:20]) == list(range(10))
+
+
+def test_prefix_text_init_starts_at_the_instruction(tiny_lm):
+    """init=text with the zero output layer starts exactly at the instruction's KV."""
+    from edgeprompt.prefix import kv_from_embeddings, kv_to_tensor
+    from edgeprompt.prefix_tuning import PrefixTuningModule
+    from edgeprompt.prompt_tuning.model import init_token_ids
+
+    text = "Label the text as negative, positive."
+    m = PrefixTuningModule(PrefixTuningConfig(num_virtual_tokens=6), tiny_lm, init_text=text)
+    ids = init_token_ids(tiny_lm.encode(text), 6)
+    with torch.no_grad():
+        want = kv_to_tensor(kv_from_embeddings(tiny_lm, tiny_lm.embeddings[ids]))
+        got = kv_to_tensor(m.kv(tiny_lm))
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def _train_args(model, bank, csv, name, steps=24):
+    return [
+        "train", "--model", str(model), "--bank", str(bank), "--data", str(csv), "--name", name,
+        "--steps", str(steps), "--batch-size", "4", "--lr", "0.05", "-P", "3", "--eval-every", "8",
+        "--checkpoint-every", "1", "--max-length", "48", "--quiet", "--threads", "1",
+    ]
+
+
+def _run_training(args, env):
+    return subprocess.run([sys.executable, "-m", "edgeprompt", *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+def test_ctrl_c_then_resume_equals_an_uninterrupted_run(tiny_model_dir, tiny_csv, tmp_path, env):
+    ref_bank, bank = tmp_path / "ref", tmp_path / "bank"
+    r = _run_training(_train_args(tiny_model_dir, ref_bank, tiny_csv, "t"), env)
+    assert r.returncode == 0, r.stderr
+    p = subprocess.Popen([sys.executable, "-m", "edgeprompt", *_train_args(tiny_model_dir, bank, tiny_csv, "t")], env=env, cwd=REPO,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    state = bank / ".checkpoints" / "t" / "state.json"
+    deadline = time.time() + 300
+    while not state.exists() and time.time() < deadline and p.poll() is None:
+        time.sleep(0.05)
+    assert p.poll() is None, "training ended before it could be interrupted"
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 130, err
+    assert "--resume" in err and not (bank / "tasks" / "t").exists()
+    # Without --resume, the checkpoint is not silently thrown away.
+    r = _run_training(_train_args(tiny_model_dir, bank, tiny_csv, "t"), env)
+    assert r.returncode == 2 and "--resume" in r.stderr
+    r = _run_training(_train_args(tiny_model_dir, bank, tiny_csv, "t") + ["--resume"], env)
+    assert r.returncode == 0, r.stderr
+    a = PromptBank(ref_bank).task("t").tensors()["prompt_embeddings"]
+    b = PromptBank(bank).task("t").tensors()["prompt_embeddings"]
+    np.testing.assert_array_equal(a, b)
+    assert not (bank / ".checkpoints" / "t").exists()
+
+
+def test_resume_with_other_settings_is_refused(tiny_model_dir, tiny_csv, tmp_path, env):
+    bank = tmp_path / "bank"
+    args = _train_args(tiny_model_dir, bank, tiny_csv, "t", steps=400)
+    p = subprocess.Popen([sys.executable, "-m", "edgeprompt", *args], env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    state = bank / ".checkpoints" / "t" / "state.json"
+    while not state.exists() and p.poll() is None:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGINT)
+    p.communicate(timeout=300)
+    args[args.index("--lr") + 1] = "0.01"
+    r = _run_training(args + ["--resume"], env)
+    assert r.returncode == 2 and "train_config" in r.stderr and "same settings" in r.stderr
+
+
+def test_kill_9_mid_write_leaves_the_bank_and_checkpoint_readable(tiny_model_dir, tiny_csv, tmp_path, env):
+    """SIGKILL at several moments while a run writes checkpoints every step and then the bank."""
+    bank_dir = tmp_path / "bank"
+    r = _run_training(_train_args(tiny_model_dir, bank_dir, tiny_csv, "keep", steps=4), env)
+    assert r.returncode == 0, r.stderr
+    kept = PromptBank(bank_dir).task("keep").tensors()["prompt_embeddings"].copy()
+    for i, delay in enumerate([0.02, 0.11, 0.23, 0.37]):
+        args = _train_args(tiny_model_dir, bank_dir, tiny_csv, "keep", steps=60) + ["--overwrite"]
+        p = subprocess.Popen([sys.executable, "-m", "edgeprompt", *args], env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        ckpt = bank_dir / ".checkpoints" / "keep"
+        while not ckpt.exists() and p.poll() is None:
+            time.sleep(0.005)
+        time.sleep(delay)
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+        bank = PromptBank(bank_dir)
+        assert bank.names() == ["keep"]
+        np.testing.assert_array_equal(bank.task("keep").tensors()["prompt_embeddings"], kept)
+        # The checkpoint is whole too: a resume picks it up (then is killed by the next round).
+        from edgeprompt.io import read_json, read_safetensors, recover_directory
+
+        recover_directory(ckpt)
+        if (ckpt / "state.json").exists():
+            assert read_json(ckpt / "state.json", "state")["step"] >= 1
+            assert read_safetensors(ckpt / "tensors.safetensors", "ckpt")
+        import shutil
+
+        shutil.rmtree(ckpt, ignore_errors=True)
