@@ -228,7 +228,7 @@ def fingerprint(config: Any, tokenizer_json: str, embedding: Any) -> str:
     h.update(hashlib.sha256(tokenizer_json.encode("utf-8")).digest())
     emb = np.ascontiguousarray(embedding, dtype=np.float32)
     h.update(str(emb.shape).encode())
-    h.update(emb.tobytes())
+    h.update(memoryview(emb).cast("B"))  # no copy of the [vocab, d] matrix
     return h.hexdigest()
 
 

@@ -1,0 +1,92 @@
+"""Label scoring and the generation path, each against a brute-force second implementation."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from edgeprompt.batching import Encoder
+from edgeprompt.data import Example, load_file
+from edgeprompt.evaluation import classification_report, evaluate, label_logprobs
+from edgeprompt.methods import get_method
+from edgeprompt.prefix import full_logits
+from edgeprompt.tasks import TaskSpec
+
+
+def brute_force(lm, kv, spec, ex, max_length=64):
+    """log p(verbalizer | input) by running every (input + verbalizer) sequence alone."""
+    enc = Encoder(lm, spec, max_length)
+    out = []
+    for v in enc.verbalizer_ids:
+        ids = enc.input_ids(ex.text) + list(v)
+        n = len(ids) - len(v)
+        logits = full_logits(lm, kv, torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))[0]
+        logp = F.log_softmax(logits.double(), -1)
+        out.append(sum(logp[n + j - 1, t].item() for j, t in enumerate(v)))
+    return out
+
+
+def _kv(lm):
+    rng = np.random.default_rng(0)
+    return get_method("prompt_tuning").kv_from_folded(lm, {"prompt_embeddings": rng.standard_normal((3, lm.info.hidden_size)).astype(np.float32)})
+
+
+def test_single_token_labels_match_brute_force(tiny_lm):
+    from .conftest import FILL, NEG, POS
+
+    singles = [" " + w for w in POS + NEG + FILL if len(tiny_lm.encode(" " + w)) == 1][:3]
+    assert len(singles) == 3
+    spec = TaskSpec(template="{text}\nLabel:", labels=["a", "b", "c"], verbalizers=dict(zip("abc", singles)))
+    enc = Encoder(tiny_lm, spec, 64)
+    assert all(len(v) == 1 for v in enc.verbalizer_ids)
+    exs = [Example("the movie was great", "a"), Example("so bad today", "b"), Example("my day", "c")]
+    with torch.no_grad():
+        kv = _kv(tiny_lm)
+        got = label_logprobs(tiny_lm, kv, enc, exs, batch_size=2)
+        want = np.array([brute_force(tiny_lm, kv, spec, ex) for ex in exs])
+    np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_multi_token_labels_match_brute_force(tiny_lm):
+    spec = TaskSpec(template="Text: {text}\nLabel:", labels=["pos", "neg"], verbalizers={"pos": " really wonderful day", "neg": " terrible"})
+    enc = Encoder(tiny_lm, spec, 64)
+    assert max(len(v) for v in enc.verbalizer_ids) > 1
+    exs = [Example("the food was nice", "pos"), Example("worst service", "neg"), Example("my day and the movie", "pos")]
+    with torch.no_grad():
+        kv = _kv(tiny_lm)
+        got = label_logprobs(tiny_lm, kv, enc, exs, batch_size=2)
+        want = np.array([brute_force(tiny_lm, kv, spec, ex) for ex in exs])
+    np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_metrics_against_hand_counts():
+    gold = np.array([0, 0, 1, 1, 2, 2])
+    pred = np.array([0, 1, 1, 1, 0, 2])
+    r = classification_report(gold, pred, ["x", "y", "z"])
+    assert r.confusion == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    assert r.accuracy == 4 / 6
+    f1 = {"x": 0.5, "y": 2 * (2 / 3) * 1 / (2 / 3 + 1), "z": 2 * 1 * 0.5 / 1.5}
+    assert abs(r.macro_f1 - sum(f1.values()) / 3) < 1e-12
+
+
+def test_generation_task_trains_on_the_target_and_reports_perplexity(tiny_lm, tmp_path):
+    from edgeprompt.prompt_tuning import PromptTuningConfig
+    from edgeprompt.training import TrainConfig, train
+
+    p = tmp_path / "gen.jsonl"
+    with open(p, "w") as f:
+        for i in range(40):
+            f.write(json.dumps({"prompt": f"the movie {i}", "answer": "good" if i % 2 else "bad"}) + "\n")
+    data = load_file(p, text_column="prompt", label_column="answer", kind="generation", dev=4, test=4)
+    enc = Encoder(tiny_lm, data.spec, 48)
+    e = enc.example(data.train[0])
+    assert e.ids[-1] == tiny_lm.eos_token_id and list(e.ids[e.n_input : -1]) == tiny_lm.encode(data.train[0].label)
+    before = evaluate(tiny_lm, None, data.spec, data.test, 48)
+    res = train(tiny_lm, data, "prompt_tuning", PromptTuningConfig(num_virtual_tokens=4, init="random"),
+                TrainConfig(steps=40, batch_size=8, lr=0.1, eval_every=20, eval_examples=4, max_length=48, warmup_steps=2), progress=False)
+    after = evaluate(tiny_lm, res.module.kv(tiny_lm), data.spec, data.test, 48)
+    assert set(after) >= {"nll", "perplexity", "token_accuracy"}
+    assert after["nll"] < before["nll"]
