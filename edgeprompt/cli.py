@@ -68,10 +68,11 @@ def _spec_from_args(args, data_source: str):
     )
 
 
-def _load_data(args):
+def _load_data(args, spec=None):
+    """The dataset of ``--data`` and the arguments that rebuild it; ``spec`` (a task's) wins over flags."""
     from .data import BUILTIN_TASKS, load_dataset
 
-    spec = _spec_from_args(args, args.data)
+    spec = spec or _spec_from_args(args, args.data)
     if args.data in BUILTIN_TASKS:
         load_args = {"source": args.data, "seed": args.data_seed}
     else:
@@ -137,7 +138,7 @@ def cmd_eval(args) -> int:
     bank = PromptBank(args.bank)
     task = bank.task(args.task)
     if args.data:
-        data, _ = _load_data(args)
+        data, _ = _load_data(args, spec=task.spec)
     else:
         data = dataset_for_task(task)
     examples = getattr(data, args.split)[: args.limit] if args.limit else getattr(data, args.split)

@@ -195,7 +195,12 @@ def train(
     params = [p for p in module.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
     enc = Encoder(lm, data.spec, config.max_length)
-    train_enc = [enc.example(ex) for ex in data.train]
+    train_enc: dict[int, Any] = {}  # encoded lazily: a run touches steps*batch_size examples, not all
+
+    def encoded(i: int):
+        if i not in train_enc:
+            train_enc[i] = enc.example(data.train[i])
+        return train_enc[i]
     dev = data.dev[: config.eval_examples]
     meta = {
         "method": spec_m.name,
@@ -214,12 +219,13 @@ def train(
 
     def evaluate_dev(at: int) -> None:
         nonlocal best, best_step, best_dev
+        history.append({"step": at})
         if not dev:
             return
         with torch.no_grad():
             report = evaluate(lm, module.kv(lm), data.spec, dev, config.max_length)
         d = _report_dict(report)
-        history.append({"step": at, "dev": d})
+        history[-1]["dev"] = d
         if best_step < 0 or dev_score(report) > dev_score_dict(best_dev):
             best, best_step, best_dev = {k: v.detach().clone() for k, v in module.state_dict().items()}, at, d
 
@@ -235,8 +241,8 @@ def train(
     try:
         with _SigintFlag() as sigint:
             while step < config.steps:
-                idx = batch_indices(len(train_enc), config.batch_size, config.seed, step)
-                batch = collate([train_enc[i] for i in idx], lm.pad_token_id)
+                idx = batch_indices(len(data.train), config.batch_size, config.seed, step)
+                batch = collate([encoded(i) for i in idx], lm.pad_token_id)
                 for g in opt.param_groups:
                     g["lr"] = config.lr_at(step, lr)
                 loss = loss_on_batch(lm, module, batch)
@@ -264,7 +270,8 @@ def train(
     finally:
         if bar is not None:
             bar.close()
-    module.load_state_dict(best)
+    if best_step >= 0:  # without dev data the final state is the result
+        module.load_state_dict(best)
     module.eval()
     wall = wall_before + time.perf_counter() - t0
     return TrainResult(module, best_step, best_dev, history, wall_time_s=wall, steps=step, lr=lr)

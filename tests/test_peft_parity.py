@@ -26,9 +26,12 @@ def _batch(lm):
 
 
 def _peft_model(lm, cfg):
+    """PEFT around its own copy of the weights (PEFT patches the model it wraps)."""
+    import copy
+
     from peft import get_peft_model
 
-    return get_peft_model(lm.model, cfg)
+    return get_peft_model(copy.deepcopy(lm.model), cfg)
 
 
 def test_every_registered_method_has_a_parity_test():
@@ -43,14 +46,11 @@ def test_prompt_tuning_matches_peft(tiny_lm, P):
     torch.manual_seed(P)
     prompt = torch.randn(P, lm.info.hidden_size) * 0.5
     pm = _peft_model(lm, PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=P))
-    try:
-        with torch.no_grad():
-            pm.prompt_encoder["default"].embedding.weight.copy_(prompt)
-            ids, mask = _batch(lm)
-            ref = pm(input_ids=ids, attention_mask=mask).logits[:, P:]  # (B, T, V)
-            ours = full_logits(lm, get_method("prompt_tuning").kv_from_folded(lm, {"prompt_embeddings": prompt.numpy()}), ids, mask)
-    finally:
-        pm.unload() if hasattr(pm, "unload") else None
+    with torch.no_grad():
+        pm.prompt_encoder["default"].embedding.weight.copy_(prompt)
+        ids, mask = _batch(lm)
+        ref = pm(input_ids=ids, attention_mask=mask).logits[:, P:]  # (B, T, V)
+        ours = full_logits(lm, get_method("prompt_tuning").kv_from_folded(lm, {"prompt_embeddings": prompt.numpy()}), ids, mask)
     real = mask.bool()
     diff = (ours - ref)[real].abs().max().item()
     assert diff <= TOL, diff

@@ -140,3 +140,14 @@ def test_kill_9_mid_write_leaves_the_bank_and_checkpoint_readable(tiny_model_dir
         import shutil
 
         shutil.rmtree(ckpt, ignore_errors=True)
+
+
+def test_without_dev_data_the_final_state_is_kept(tiny_lm, tiny_csv):
+    data = load_file(tiny_csv)
+    data.dev = []
+    cfg = PromptTuningConfig(num_virtual_tokens=2)
+    res = train(tiny_lm, data, "prompt_tuning", cfg, TrainConfig(steps=3, batch_size=4, lr=0.1, warmup_steps=1), progress=False)
+    from edgeprompt.prompt_tuning import PromptTuningModule
+
+    start = PromptTuningModule(cfg, tiny_lm, init_text=data.spec.instruction)
+    assert res.best_step == -1 and not torch.equal(res.module.prompt, start.prompt)
