@@ -10,12 +10,36 @@ checks itself and a module that
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
+from enum import Enum
 from typing import Any, Callable
 
 import numpy as np
 
 from .io import EdgePromptError
+
+
+@dataclass
+class PromptLearningConfig:
+    """Fields every method shares (as PEFT's ``PromptLearningConfig``); subclasses add their own
+    and name their initialisation enum in ``init_enum``."""
+
+    num_virtual_tokens: int = field(default=20, metadata={"help": "P, the number of virtual tokens"})
+    init_text: str | None = field(default=None, metadata={"help": "text for init=text (default: the task instruction)"})
+
+    init_enum = None  # type: type[Enum]
+
+    def __post_init__(self):
+        if not 1 <= int(self.num_virtual_tokens) <= 1024:
+            raise EdgePromptError(f"num_virtual_tokens={self.num_virtual_tokens} must be between 1 and 1024.")
+        self.num_virtual_tokens = int(self.num_virtual_tokens)
+        try:
+            self.init = self.init_enum(self.init)
+        except ValueError:
+            raise EdgePromptError(f"{type(self).__name__}: init {self.init!r} is not one of {[i.value for i in self.init_enum]}.") from None
+
+    def to_dict(self) -> dict:
+        return {f.name: (v.value if isinstance(v := getattr(self, f.name), Enum) else v) for f in fields(self)}
 
 
 @dataclass(frozen=True)

@@ -151,3 +151,16 @@ def test_without_dev_data_the_final_state_is_kept(tiny_lm, tiny_csv):
 
     start = PromptTuningModule(cfg, tiny_lm, init_text=data.spec.instruction)
     assert res.best_step == -1 and not torch.equal(res.module.prompt, start.prompt)
+
+
+def test_configs_check_themselves():
+    from edgeprompt.io import EdgePromptError
+
+    with pytest.raises(EdgePromptError, match="num_virtual_tokens=0"):
+        PromptTuningConfig(num_virtual_tokens=0)
+    with pytest.raises(EdgePromptError, match=r"init 'vocab' is not one of \['text', 'random'\]"):
+        PrefixTuningConfig(init="vocab")
+    with pytest.raises(EdgePromptError, match="lr=-1"):
+        TrainConfig(lr=-1)
+    assert PrefixTuningConfig(num_virtual_tokens=3).to_dict() == {
+        "num_virtual_tokens": 3, "init_text": None, "init": "text", "projection": True, "encoder_hidden_size": 512}
