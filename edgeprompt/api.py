@@ -14,7 +14,7 @@ from .bank import BankTask, PromptBank, check_task_name
 from .constants import TaskKeys, TaskKind
 from .data import Dataset, Example, load_dataset
 from .evaluation import evaluate, instruction_kv
-from .io import EdgePromptError
+from .io import EdgePromptError, recover_directory
 from .methods import get_method
 from .models import FrozenLM
 from .tasks import TaskSpec
@@ -59,6 +59,7 @@ def train_task(
     if name in bank.names() and not overwrite:
         raise EdgePromptError(f"bank {bank.root} already has a task {name!r}; pass --overwrite to replace it or choose another --name.")
     ckpt = bank.root / CHECKPOINTS_DIR / name
+    recover_directory(ckpt)  # a swap cut by a crash or a second Ctrl-C leaves it renamed aside
     if not resume and (ckpt / "state.json").exists():
         raise EdgePromptError(
             f"an interrupted run of {name!r} has a checkpoint in {ckpt}: continue it with --resume, "

@@ -33,6 +33,7 @@ from .io import EdgePromptError, atomic_directory, atomic_write_json, atomic_wri
 from .models import ModelInfo
 from .tasks import TaskSpec
 
+_REQUIRED_TASK_KEYS = (TaskKeys.METHOD, TaskKeys.KIND, TaskKeys.NUM_VIRTUAL_TOKENS, TaskKeys.TENSORS, TaskKeys.TEMPLATE, TaskKeys.BASE_MODEL)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
@@ -144,7 +145,7 @@ class PromptBank:
             return []
         for p in list(d.iterdir()):
             if p.name.startswith(".") and ".old-" in p.name:
-                recover_directory(d / p.name[1:].split(".old-")[0])
+                recover_directory(d / p.name[1:].rsplit(".old-", 1)[0])
         return sorted(p.name for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
 
     def tasks(self) -> list[BankTask]:
@@ -157,8 +158,11 @@ class PromptBank:
             known = self.names()
             raise EdgePromptError(f"no task {name!r} in bank {self.root}; tasks: {', '.join(known) if known else '(none)'}.")
         m = read_json(path / TASK_MANIFEST_FILE, f"manifest of task {name!r}")
-        if m.get(TaskKeys.FORMAT) != TASK_FORMAT:
+        if not isinstance(m, dict) or m.get(TaskKeys.FORMAT) != TASK_FORMAT:
             raise EdgePromptError(f"{path / TASK_MANIFEST_FILE} is not an edgeprompt task manifest.")
+        missing = [k for k in _REQUIRED_TASK_KEYS if k not in m]
+        if missing:
+            raise EdgePromptError(f"{path / TASK_MANIFEST_FILE} lacks {missing}; the task is damaged: remove it and train or import it again.")
         return BankTask(name, path, m)
 
     def add(

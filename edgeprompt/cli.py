@@ -91,7 +91,9 @@ def cmd_train(args) -> int:
     from .models import FrozenLM
     from .training import TrainConfig
 
-    if args.threads:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise EdgePromptError(f"--threads {args.threads}: give 1 or more.")
         import torch
 
         torch.set_num_threads(args.threads)
@@ -141,6 +143,8 @@ def cmd_eval(args) -> int:
         data, _ = _load_data(args, spec=task.spec)
     else:
         data = dataset_for_task(task)
+    if args.limit is not None and args.limit < 1:
+        raise EdgePromptError(f"--limit {args.limit}: give 1 or more.")
     examples = getattr(data, args.split)[: args.limit] if args.limit else getattr(data, args.split)
     lm = FrozenLM.load(args.model)
     rep = evaluate_task(lm, task, examples, max_length=args.max_length, baseline=not args.no_baseline)
@@ -200,7 +204,7 @@ def cmd_bank(args) -> int:
         from .peft_interop import export_peft
 
         lm = FrozenLM.load(args.model)
-        out = export_peft(bank.task(args.name), args.output, str(resolve_model_dir(args.model)), lm.info)
+        out = export_peft(bank.task(args.name), args.output, str(resolve_model_dir(args.model)), lm.info, overwrite=args.overwrite)
         print(f"wrote PEFT checkpoint {out} (load with peft.PeftModel.from_pretrained(model, {str(out)!r}))")
         return 0
     raise AssertionError(args.bank_cmd)
@@ -312,7 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bank(be)
     _add_model(be)
     be.add_argument("name")
-    be.add_argument("-o", "--output", required=True, help="output folder")
+    be.add_argument("-o", "--output", required=True, help="output folder (new or empty)")
+    be.add_argument("--overwrite", action="store_true", help="replace a PEFT adapter already in the output folder")
     for sp in (bl, bs, br, bi, be):
         sp.set_defaults(func=cmd_bank)
 
@@ -339,6 +344,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("edgeprompt: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # disk full, permissions: the file is named in the message
+        print(f"edgeprompt: error: {e.strerror or e} ({e.filename or 'no file named'}); nothing was left half-written.", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

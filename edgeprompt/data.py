@@ -91,6 +91,8 @@ def split(rows: list[Example], seed: int, dev: int | float, test: int | float) -
     n = len(rows)
     n_test = int(round(test * n)) if isinstance(test, float) else int(test)
     n_dev = int(round(dev * n)) if isinstance(dev, float) else int(dev)
+    if n_test < 0 or n_dev < 0:
+        raise EdgePromptError(f"split sizes must not be negative (dev={dev}, test={test}).")
     if n - n_test - n_dev < 1:
         raise EdgePromptError(f"only {n} distinct examples: not enough for dev={n_dev} and test={n_test} plus training.")
     return rows[n_test + n_dev :], rows[n_test : n_test + n_dev], rows[:n_test]

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -50,7 +51,8 @@ def _fsync_dir(path: Path) -> None:
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.parent.name.startswith("."):  # never recreate an atomic_directory temporary
+        path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -111,12 +113,30 @@ def read_safetensors(path: str | os.PathLike, what: str) -> dict[str, np.ndarray
 
 
 @contextmanager
-def atomic_directory(final: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling folder; on success it replaces ``final`` in one rename.
+def _swap_lock(parent: Path) -> Iterator[None]:
+    """Serialise the rename-aside/rename-in swap and its recovery among processes (POSIX flock)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; the swap is still two renames
+        yield
+        return
+    fd = os.open(parent / ".edgeprompt.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
-    An existing ``final`` is first renamed aside and removed only after the new one is in
-    place, so a crash leaves either the old folder or the new one (plus a stray temporary,
-    which readers ignore because its name starts with a dot).
+
+@contextmanager
+def atomic_directory(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling folder; on success it replaces ``final``.
+
+    An existing ``final`` is first renamed aside (``.NAME.old-<ns>``) and removed only after the
+    new one is in place, so a crash leaves either the old folder or the new one. The swap holds a
+    lock that :func:`recover_directory` also takes, so a reader never "recovers" a folder in the
+    middle of a swap. The temporary folder's name starts with a dot; readers ignore it and never
+    delete it (its writer may still be filling it).
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -127,32 +147,48 @@ def atomic_directory(final: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = None
-    if final.exists():
-        old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(final, old)
-    os.replace(tmp, final)
-    _fsync_dir(final.parent)
+    with _swap_lock(final.parent):
+        _recover_locked(final)
+        old = None
+        if final.exists():
+            old = final.parent / f".{final.name}.old-{time.time_ns()}"
+            os.replace(final, old)
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _olds(final: Path) -> list[Path]:
+    def ns(p: Path) -> int:
+        try:
+            return int(p.name.rsplit("-", 1)[1])
+        except ValueError:
+            return -1
+
+    return sorted(final.parent.glob(f".{final.name}.old-*"), key=ns)
+
+
+def _recover_locked(final: Path) -> None:
+    olds = _olds(final)
+    if not final.exists() and olds:
+        os.replace(olds[-1], final)  # the newest copy set aside
+        olds = olds[:-1]
+    for stray in olds:
+        shutil.rmtree(stray, ignore_errors=True)
 
 
 def recover_directory(final: str | os.PathLike) -> None:
     """Finish an :func:`atomic_directory` swap that a crash cut between its two renames.
 
-    If ``final`` is missing but its renamed-aside old copy exists, put the old copy back.
-    Stray temporaries of a crashed write are removed.
+    If ``final`` is missing but a renamed-aside copy exists, the newest copy is put back; older
+    copies are removed. Temporary folders are left alone: a live writer may own them.
     """
     final = Path(final)
-    parent = final.parent
-    if not parent.is_dir():
+    if not final.parent.is_dir() or (final.exists() and not any(final.parent.glob(f".{final.name}.old-*"))):
         return
-    olds = sorted(parent.glob(f".{final.name}.old-*"))
-    if not final.exists() and olds:
-        os.replace(olds[-1], final)
-        olds = olds[:-1]
-    for stray in olds + sorted(parent.glob(f".{final.name}.tmp-*")):
-        shutil.rmtree(stray, ignore_errors=True)
+    with _swap_lock(final.parent):
+        _recover_locked(final)
 
 
 @contextmanager

@@ -56,7 +56,7 @@ def read_peft(directory: str | Path, info: ModelInfo) -> tuple[Method, dict[str,
         raise EdgePromptError(f"{weights} has no {PEFT_KEY!r} tensor (found {sorted(t)}); is it a prompt-learning adapter?")
     emb = t[PEFT_KEY].astype(np.float32)
     ptype = cfg.get("peft_type")
-    P = int(cfg.get("num_virtual_tokens", emb.shape[0]))
+    P = int(cfg.get("num_virtual_tokens") or emb.shape[0])
     if cfg.get("num_transformer_submodules", 1) not in (1, None):
         raise EdgePromptError(f"{d}: num_transformer_submodules={cfg['num_transformer_submodules']} is for encoder-decoder models; edgeprompt serves decoders.")
     if ptype == "PROMPT_TUNING":
@@ -81,7 +81,7 @@ def import_peft(directory: str | Path, bank: PromptBank, name: str, info: ModelI
     return bank.add(name, method, tensors, spec, info, extra=extra, overwrite=overwrite)
 
 
-def export_peft(task: BankTask, out: str | Path, base_model_name_or_path: str, info: ModelInfo) -> Path:
+def export_peft(task: BankTask, out: str | Path, base_model_name_or_path: str, info: ModelInfo, overwrite: bool = False) -> Path:
     """Write ``task`` as a PEFT checkpoint that ``PeftModel.from_pretrained`` loads."""
     from peft import PrefixTuningConfig, PromptTuningConfig, TaskType
 
@@ -103,6 +103,13 @@ def export_peft(task: BankTask, out: str | Path, base_model_name_or_path: str, i
         )
     cfg.base_model_name_or_path = base_model_name_or_path
     out = Path(out)
+    if out.exists():
+        if not out.is_dir():
+            raise EdgePromptError(f"{out} exists and is not a folder; choose another output.")
+        contents = {p.name for p in out.iterdir()}
+        if contents and not (overwrite and contents <= {ADAPTER_CONFIG, ADAPTER_WEIGHTS, "README.md"}):
+            hint = " Pass --overwrite to replace the adapter in it." if contents <= {ADAPTER_CONFIG, ADAPTER_WEIGHTS, "README.md"} else ""
+            raise EdgePromptError(f"{out} is not empty; export-peft writes a new folder and will not replace other files.{hint}")
     with atomic_directory(out) as tmp:
         cfg.save_pretrained(str(tmp))
         atomic_write_safetensors(tmp / ADAPTER_WEIGHTS, {PEFT_KEY: emb}, metadata={"format": "pt"})

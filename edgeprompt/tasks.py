@@ -48,10 +48,10 @@ class TaskSpec:
                 raise EdgePromptError(f"a classification task needs at least two labels, got {self.labels!r}.")
             if len(set(self.labels)) != len(self.labels):
                 raise EdgePromptError(f"labels repeat: {self.labels!r}.")
-            self.verbalizers = {lab: self.verbalizers.get(lab, " " + lab) for lab in self.labels}
             extra = set(self.verbalizers) - set(self.labels)
             if extra:
                 raise EdgePromptError(f"verbalizers given for unknown labels {sorted(extra)}; labels are {self.labels}.")
+            self.verbalizers = {lab: self.verbalizers.get(lab, " " + lab) for lab in self.labels}
             if len(set(self.verbalizers.values())) != len(self.labels):
                 raise EdgePromptError(f"two labels share a verbalizer: {self.verbalizers!r}.")
         elif self.labels:

@@ -54,6 +54,8 @@ class TrainConfig:
         for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "max_length"):
             if int(getattr(self, name)) < 1:
                 raise EdgePromptError(f"{name}={getattr(self, name)} must be at least 1.")
+        if int(self.seed) < 0:
+            raise EdgePromptError(f"seed={self.seed} must be 0 or more.")
         if self.lr is not None and not (0 < self.lr < 10):
             raise EdgePromptError(f"lr={self.lr} is out of range (0, 10).")
         if not 0 <= self.min_lr_ratio <= 1:
@@ -126,7 +128,8 @@ class _SigintFlag:
             signal.signal(signal.SIGINT, self._old)
 
 
-def _save_checkpoint(path: Path, step: int, module, opt, best: dict, best_step: int, best_dev: dict, history: list, meta: dict) -> None:
+def _save_checkpoint(path: Path, step: int, module, opt, best: dict, loop: dict, meta: dict) -> None:
+    """``loop``: best_step, best_score, best_dev, history, loss_ema, wall_s (JSON-able)."""
     tensors: dict[str, np.ndarray] = {}
     for name, p in module.state_dict().items():
         tensors[f"param/{name}"] = p.detach().cpu().numpy()
@@ -140,9 +143,7 @@ def _save_checkpoint(path: Path, step: int, module, opt, best: dict, best_step: 
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
         "step": step,
-        "best_step": best_step,
-        "best_dev": best_dev,
-        "history": history,
+        **loop,
         "param_groups": osd["param_groups"],
         **meta,
     }
@@ -171,7 +172,8 @@ def _load_checkpoint(path: Path, module, opt, meta: dict):
             _, idx, name = k.split("/", 2)
             opt_state.setdefault(int(idx), {})[name] = torch.from_numpy(v).reshape(()) if name == "step" else torch.from_numpy(v)
     opt.load_state_dict({"state": opt_state, "param_groups": state["param_groups"]})
-    return state["step"], best, state["best_step"], state["best_dev"], state["history"]
+    loop = {k: state[k] for k in ("best_step", "best_score", "best_dev", "history", "loss_ema", "wall_s")}
+    return state["step"], best, loop
 
 
 def train(
@@ -190,6 +192,11 @@ def train(
         raise EdgePromptError(f"dataset {data.name!r} has no training examples.")
     torch.manual_seed(config.seed)
     label_text = "".join(data.spec.verbalizers.values()) if data.spec.kind == TaskKind.CLASSIFICATION else ""
+    init = getattr(method_config, "init", None)
+    if getattr(init, "value", None) == "text" and not (method_config.init_text or data.spec.instruction).strip():
+        # No text to start from (e.g. a generation task without an instruction): the task's own
+        # first training inputs stand in for it, as real text beats random vectors.
+        method_config.init_text = data.train[0].text
     module = spec_m.module_cls(method_config, lm, init_text=data.spec.instruction, label_text=label_text, seed=config.seed)
     lr = config.lr if config.lr is not None else DEFAULT_LR[spec_m.name]
     params = [p for p in module.parameters() if p.requires_grad]
@@ -210,34 +217,37 @@ def train(
         "fingerprint": lm.info.fingerprint,
     }
     ckpt = Path(checkpoint_dir) if checkpoint_dir else None
-    step, best_step, best_dev, history = 0, -1, {}, []
+    step = 0
+    loop: dict[str, Any] = {"best_step": -1, "best_score": None, "best_dev": {}, "history": [], "loss_ema": None, "wall_s": 0.0}
     best = {k: v.detach().clone() for k, v in module.state_dict().items()}
     if resume:
+        if ckpt is not None:
+            recover_directory(ckpt)
         if ckpt is None or not (ckpt / "state.json").exists():
             raise EdgePromptError(f"--resume: no checkpoint in {ckpt}; start without --resume.")
-        step, best, best_step, best_dev, history = _load_checkpoint(ckpt, module, opt, meta)
+        step, best, loop = _load_checkpoint(ckpt, module, opt, meta)
+    history = loop["history"]
 
     def evaluate_dev(at: int) -> None:
-        nonlocal best, best_step, best_dev
+        nonlocal best
         history.append({"step": at})
         if not dev:
             return
         with torch.no_grad():
             report = evaluate(lm, module.kv(lm), data.spec, dev, config.max_length)
-        d = _report_dict(report)
-        history[-1]["dev"] = d
-        if best_step < 0 or dev_score(report) > dev_score_dict(best_dev):
-            best, best_step, best_dev = {k: v.detach().clone() for k, v in module.state_dict().items()}, at, d
+        history[-1]["dev"] = _report_dict(report)
+        score = dev_score(report)  # unrounded: ties and tiny NLL changes compare exactly
+        if loop["best_score"] is None or score > loop["best_score"]:
+            best = {k: v.detach().clone() for k, v in module.state_dict().items()}
+            loop.update(best_step=at, best_score=score, best_dev=history[-1]["dev"])
 
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=config.steps, initial=step, desc=f"train {spec_m.name}", unit="step", dynamic_ncols=True)
-    t0 = time.perf_counter()
-    wall_before = history[-1].get("wall_s", 0.0) if history else 0.0
+    t0, wall_before = time.perf_counter(), loop["wall_s"]
     module.train()
-    loss_ema = None
     try:
         with _SigintFlag() as sigint:
             while step < config.steps:
@@ -252,29 +262,31 @@ def train(
                     torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
                 opt.step()
                 step += 1
-                loss_ema = loss.item() if loss_ema is None else 0.9 * loss_ema + 0.1 * loss.item()
+                ema = loop["loss_ema"]
+                loop["loss_ema"] = loss.item() if ema is None else 0.9 * ema + 0.1 * loss.item()
+                loop["wall_s"] = wall_before + time.perf_counter() - t0
                 if step % config.eval_every == 0 or step == config.steps:
                     evaluate_dev(step)
-                    history[-1]["loss"] = round(loss_ema, 4)
-                    history[-1]["wall_s"] = round(wall_before + time.perf_counter() - t0, 1)
+                    loop["wall_s"] = wall_before + time.perf_counter() - t0
+                    history[-1].update(loss=round(loop["loss_ema"], 4), wall_s=round(loop["wall_s"], 1))
                 if bar is not None:
-                    post = {"loss": f"{loss_ema:.3f}"}
-                    if best_dev:
-                        post["dev"] = f"{dev_score_dict(best_dev):.3f}"
+                    post = {"loss": f"{loop['loss_ema']:.3f}"}
+                    if loop["best_dev"]:
+                        post["dev"] = f"{dev_score_dict(loop['best_dev']):.3f}"
                     bar.set_postfix(post)
                     bar.update(1)
                 if ckpt is not None and (step % config.checkpoint_every == 0 or sigint.hit or step == config.steps):
-                    _save_checkpoint(ckpt, step, module, opt, best, best_step, best_dev, history, meta)
+                    _save_checkpoint(ckpt, step, module, opt, best, loop, meta)
                 if sigint.hit and step < config.steps:
                     raise TrainingInterrupted(step, ckpt) if ckpt else KeyboardInterrupt()
     finally:
         if bar is not None:
             bar.close()
+    best_step, best_dev = loop["best_step"], loop["best_dev"]
     if best_step >= 0:  # without dev data the final state is the result
         module.load_state_dict(best)
     module.eval()
-    wall = wall_before + time.perf_counter() - t0
-    return TrainResult(module, best_step, best_dev, history, wall_time_s=wall, steps=step, lr=lr)
+    return TrainResult(module, best_step, best_dev, history, wall_time_s=loop["wall_s"], steps=step, lr=lr)
 
 
 def dev_score_dict(d: dict) -> float:

@@ -87,3 +87,7 @@ def test_spec_checks_itself():
         TaskSpec(labels=["a", "b"], verbalizers={"a": " x", "b": " x"})
     with pytest.raises(EdgePromptError, match="at least two labels"):
         TaskSpec(labels=["a"])
+    with pytest.raises(EdgePromptError, match=r"unknown labels \['postive'\]"):
+        TaskSpec(labels=["negative", "positive"], verbalizers={"postive": " good"})
+    with pytest.raises(EdgePromptError, match="must not be negative"):
+        split([Example("a", "x")] * 3, seed=0, dev=-2, test=1)

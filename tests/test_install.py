@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -29,6 +28,7 @@ def test_cli_and_subpackages_from_root_and_elsewhere(where, tmp_path):
 
 
 def test_runtime_extra_pulls_no_torch():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     meta = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     runtime = meta["optional-dependencies"]["runtime"] + meta["dependencies"]
     heavy = [d for d in runtime if d.split("=")[0].split(">")[0].split("<")[0].strip().lower() in {"torch", "transformers", "peft"}]

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import time
-
 import numpy as np
 import pytest
 import torch
@@ -44,9 +41,8 @@ def test_default_model_converts_once_and_tokenizes_without_bos(monkeypatch):
     path = resolve_model_dir("default")
     marker = path / "edgeprompt-model.json"
     stamp = marker.stat().st_mtime_ns
-    t0 = time.perf_counter()
     assert resolve_model_dir("default") == path
-    assert time.perf_counter() - t0 < 2.0 and marker.stat().st_mtime_ns == stamp  # not reconverted
+    assert marker.stat().st_mtime_ns == stamp  # not reconverted
     lm = FrozenLM.load("default")
     info = lm.info
     assert (info.architecture, info.hidden_size, info.num_layers, info.num_kv_heads, info.head_dim, info.vocab_size) == ("llama", 576, 30, 3, 64, 49152)

@@ -85,7 +85,8 @@ def test_generation_task_trains_on_the_target_and_reports_perplexity(tiny_lm, tm
     e = enc.example(data.train[0])
     assert e.ids[-1] == tiny_lm.eos_token_id and list(e.ids[e.n_input : -1]) == tiny_lm.encode(data.train[0].label)
     before = evaluate(tiny_lm, None, data.spec, data.test, 48)
-    res = train(tiny_lm, data, "prompt_tuning", PromptTuningConfig(num_virtual_tokens=4, init="random"),
+    assert data.spec.instruction == ""  # no instruction: the default init=text must still work
+    res = train(tiny_lm, data, "prompt_tuning", PromptTuningConfig(num_virtual_tokens=4),
                 TrainConfig(steps=40, batch_size=8, lr=0.1, eval_every=20, eval_examples=4, max_length=48, warmup_steps=2), progress=False)
     after = evaluate(tiny_lm, res.module.kv(tiny_lm), data.spec, data.test, 48)
     assert set(after) >= {"nll", "perplexity", "token_accuracy"}
