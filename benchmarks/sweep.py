@@ -29,6 +29,8 @@ def main() -> None:
     ap.add_argument("--init", nargs="+", default=["text"])
     ap.add_argument("--batch-size", type=int, nargs="+", default=[8])
     ap.add_argument("--max-length", type=int, nargs="+", default=[96])
+    ap.add_argument("--encoder", nargs="+", default=["model+mlp"], help="prefix only")
+    ap.add_argument("--mlp-lr-ratio", type=float, nargs="+", default=[1e-3], help="prefix only")
     ap.add_argument("--steps", type=int, default=120)
     ap.add_argument("--eval-every", type=int, default=40)
     ap.add_argument("--out", default=str(HERE / "sweep.md"))
@@ -49,21 +51,24 @@ def main() -> None:
         out.write_text(
             "# Training sweep on the tweets task (SmolLM2-135M, dev split of 300 tweets)\n\n"
             f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads.\n"
-            "Each row trains from scratch; `dev@k` is dev accuracy after k steps; `s/step` includes nothing but training.\n"
+            "Each row trains from scratch; `dev@k` is dev accuracy after k steps. `train s` and `s/step` are wall time including\n"
+            "the dev evaluations, on a machine that may be doing other work: compare accuracies here, times in train_step.py.\n"
             "Command: see the `cmd` column (python benchmarks/sweep.py ...).\n\n"
             "| method | lr | P | init | batch | max_len | steps | dev@steps | best dev | train s | s/step | cmd |\n"
             "|---|---|---|---|---|---|---|---|---|---|---|---|\n"
         )
     cmd = "sweep.py " + " ".join(f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(args).items() if k != "out")
-    for lr, P, init, bs, ml in itertools.product(args.lr, args.P, args.init, args.batch_size, args.max_length):
-        mcfg = spec_m.config_cls(num_virtual_tokens=P, init=init)
+    extra = list(itertools.product(args.encoder, args.mlp_lr_ratio)) if args.method == "prefix" else [(None, None)]
+    for lr, P, init, bs, ml, (encoder, ratio) in itertools.product(args.lr, args.P, args.init, args.batch_size, args.max_length, extra):
+        mcfg = spec_m.config_cls(num_virtual_tokens=P, init=init, **({"encoder": encoder, "mlp_lr_ratio": ratio} if encoder else {}))
         tcfg = TrainConfig(steps=args.steps, batch_size=bs, lr=lr, max_length=ml, eval_every=args.eval_every, eval_examples=300, checkpoint_every=10**9)
         t0 = time.perf_counter()
         res = train(lm, data, spec_m.name, mcfg, tcfg, progress=False)
         wall = time.perf_counter() - t0
         curve = ", ".join(f"{h['step']}:{h['dev']['accuracy']:.3f}" for h in res.history)
         train_s = res.history[-1].get("wall_s", wall)
-        row = (f"| {args.method} | {lr:g} | {P} | {init} | {bs} | {ml} | {args.steps} | {curve} | {res.best_dev['accuracy']:.3f} "
+        label = f"{args.method} ({encoder}, mlp lr x{ratio:g})" if encoder else args.method
+        row = (f"| {label} | {lr:g} | {P} | {init} | {bs} | {ml} | {args.steps} | {curve} | {res.best_dev['accuracy']:.3f} "
                f"| {train_s:.0f} | {wall / args.steps:.2f} | `{cmd}` |\n")
         with open(out, "a") as f:
             f.write(row)

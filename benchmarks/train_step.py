@@ -1,7 +1,9 @@
 """Training step time and peak RSS: edgeprompt against PEFT's own implementation, same config.
 
 SmolLM2-135M (the embedded default), batch 8, 64 tokens, P=20, for prompt tuning and prefix
-tuning (reparameterisation MLP of width 512 in both). Each (implementation, method) runs in its own
+tuning. "prefix-mlp" is the same reparameterisation as PEFT's ``prefix_projection`` (MLP of
+width 512) on both sides; "prefix" is edgeprompt's default encoder (frozen model + MLP), shown
+against the same PEFT row. Each (implementation, method) runs in its own
 process so that its peak RSS is its own; both see the same token ids and the same loss (cross
 entropy on the label token, the last of the 64). Prints medians and ratios measured in this run.
 
@@ -55,8 +57,11 @@ def child(impl: str, method: str, steps: int, warmup: int, threads: int) -> dict
         from edgeprompt.prompt_tuning import PromptTuningConfig
         from edgeprompt.training import loss_on_batch
 
-        cfg = PromptTuningConfig(num_virtual_tokens=P) if method == "prompt" else PrefixTuningConfig(num_virtual_tokens=P, encoder_hidden_size=512)
-        module = get_method(method).module_cls(cfg, lm, init_text="Classify the sentiment of the tweet.")
+        if method == "prompt":
+            cfg = PromptTuningConfig(num_virtual_tokens=P)
+        else:
+            cfg = PrefixTuningConfig(num_virtual_tokens=P, encoder_hidden_size=512, encoder="mlp" if method == "prefix-mlp" else "model+mlp")
+        module = get_method(method.split("-")[0]).module_cls(cfg, lm, init_text="Classify the sentiment of the tweet.")
         b = Batch(ids, mask, torch.arange(B), torch.full((B,), T - 1), ids[:, -1])
         params = [p for p in module.parameters() if p.requires_grad]
         step_fn = lambda: loss_on_batch(lm, module, b)  # noqa: E731
@@ -65,6 +70,8 @@ def child(impl: str, method: str, steps: int, warmup: int, threads: int) -> dict
 
         if method == "prompt":
             cfg = PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=P, prompt_tuning_init=PromptTuningInit.RANDOM)
+        elif method != "prefix-mlp":
+            raise SystemExit(f"PEFT has no {method!r}")
         else:
             cfg = PrefixTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=P, prefix_projection=True, encoder_hidden_size=512)
         model = get_peft_model(lm.model, cfg)
@@ -97,19 +104,19 @@ def main() -> None:
         print(json.dumps(child(*args.child, args.steps, args.warmup, args.threads)))
         return
     res = {}
-    for method in ("prompt", "prefix"):
-        for impl in ("peft", "edgeprompt"):
-            out = subprocess.run([sys.executable, __file__, "--child", impl, method, "--steps", str(args.steps), "--warmup", str(args.warmup),
-                                  "--threads", str(args.threads)], capture_output=True, text=True, check=True).stdout
-            res[impl, method] = json.loads(out.strip().splitlines()[-1])
+    runs = [("peft", "prompt"), ("edgeprompt", "prompt"), ("peft", "prefix-mlp"), ("edgeprompt", "prefix-mlp"), ("edgeprompt", "prefix")]
+    for impl, method in runs:
+        out = subprocess.run([sys.executable, __file__, "--child", impl, method, "--steps", str(args.steps), "--warmup", str(args.warmup),
+                              "--threads", str(args.threads)], capture_output=True, text=True, check=True).stdout
+        res[impl, method] = json.loads(out.strip().splitlines()[-1])
     print(f"SmolLM2-135M, batch {B}, {T} tokens, P={P}, {args.threads} threads, median of {args.steps} steps after {args.warmup} warm-up")
-    print(f"{'method':<8} {'impl':<11} {'step s':>8} {'peak RSS MiB':>13} {'trainable':>10}")
-    for method in ("prompt", "prefix"):
-        for impl in ("peft", "edgeprompt"):
-            r = res[impl, method]
-            print(f"{method:<8} {impl:<11} {r['step_s']:>8.3f} {r['peak_rss_mib']:>13.0f} {r['trainable']:>10,}")
-        ours, peft = res["edgeprompt", method], res["peft", method]
-        print(f"{method:<8} {'ratio':<11} speed {peft['step_s'] / ours['step_s']:.2f}x PEFT's   memory {ours['peak_rss_mib'] / peft['peak_rss_mib']:.2f}x PEFT's")
+    print(f"{'method':<11} {'impl':<11} {'step s':>8} {'peak RSS MiB':>13} {'trainable':>10}")
+    for impl, method in runs:
+        r = res[impl, method]
+        print(f"{method:<11} {impl:<11} {r['step_s']:>8.3f} {r['peak_rss_mib']:>13.0f} {r['trainable']:>10,}")
+    for method, peer in (("prompt", "prompt"), ("prefix-mlp", "prefix-mlp"), ("prefix", "prefix-mlp")):
+        ours, peft = res["edgeprompt", method], res["peft", peer]
+        print(f"ratio {method:<11} speed {peft['step_s'] / ours['step_s']:.2f}x PEFT's   peak RSS {ours['peak_rss_mib'] / peft['peak_rss_mib']:.2f}x PEFT's  (PEFT {peer})")
 
 
 if __name__ == "__main__":

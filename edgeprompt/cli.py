@@ -105,10 +105,11 @@ def cmd_train(args) -> int:
         mcfg["init_text"] = args.init_text
     if spec_m.name == "prefix_tuning":
         mcfg["projection"] = not args.no_projection
-        if args.encoder_hidden_size:
-            mcfg["encoder_hidden_size"] = args.encoder_hidden_size
-    elif args.no_projection or args.encoder_hidden_size:
-        raise EdgePromptError("--no-projection and --encoder-hidden-size apply to --method prefix only.")
+        for key in ("encoder_hidden_size", "encoder", "mlp_lr_ratio"):
+            if getattr(args, key) is not None:
+                mcfg[key] = getattr(args, key)
+    elif args.no_projection or any(getattr(args, k) is not None for k in ("encoder_hidden_size", "encoder", "mlp_lr_ratio")):
+        raise EdgePromptError("--no-projection, --encoder, --encoder-hidden-size and --mlp-lr-ratio apply to --method prefix only.")
     method_config = config_from_dict(spec_m.config_cls, mcfg)
     tcfg = TrainConfig(
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, max_length=args.max_length,
@@ -261,9 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--init-text", help="initialisation text (default: the task instruction)")
     t.add_argument("--no-projection", action="store_true", help="prefix: train the KV prefix directly, without the MLP")
     t.add_argument("--encoder-hidden-size", type=int, help="prefix: MLP width (default 512)")
-    t.add_argument("--steps", type=int, default=300)
+    t.add_argument("--encoder", choices=["model+mlp", "mlp"], help="prefix: reparameterisation (default model+mlp; mlp is PEFT's)")
+    t.add_argument("--mlp-lr-ratio", type=float, help="prefix, model+mlp: the MLP's lr as a fraction of --lr (default 1e-3)")
+    t.add_argument("--steps", type=int, default=200)
     t.add_argument("--batch-size", type=int, default=8)
-    t.add_argument("--lr", type=float, help="learning rate (default: per method, see benchmarks/sweep.md)")
+    t.add_argument("--lr", type=float, help="learning rate (default: per method: prompt 0.1; prefix 0.3, or 3e-4 with --encoder mlp; see benchmarks/sweep.md)")
     t.add_argument("--warmup-steps", type=int, default=10)
     t.add_argument("--max-length", type=int, default=96, help="longest input + label in tokens (text is cut to fit)")
     t.add_argument("--eval-every", type=int, default=100, help="dev evaluation every N steps; the best dev state is kept")

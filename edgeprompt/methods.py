@@ -38,6 +38,9 @@ class PromptLearningConfig:
         except ValueError:
             raise EdgePromptError(f"{type(self).__name__}: init {self.init!r} is not one of {[i.value for i in self.init_enum]}.") from None
 
+    def default_lr(self) -> float:
+        raise NotImplementedError
+
     def to_dict(self) -> dict:
         return {f.name: (v.value if isinstance(v := getattr(self, f.name), Enum) else v) for f in fields(self)}
 

@@ -29,15 +29,11 @@ from .methods import get_method
 from .models import FrozenLM
 from .prefix import logits_at, text_hidden
 
-#: Learning rates chosen from the sweep in benchmarks/sweep.md (per method).
-DEFAULT_LR = {"prompt_tuning": 0.3, "prefix_tuning": 1e-2}
-
-
 @dataclass
 class TrainConfig:
-    """Optimisation settings. ``lr=None`` takes the method's default from :data:`DEFAULT_LR`."""
+    """Optimisation settings. ``lr=None`` takes the method config's ``default_lr()`` (from the sweep)."""
 
-    steps: int = 300
+    steps: int = 200
     batch_size: int = 8
     lr: float | None = None
     weight_decay: float = 0.0
@@ -198,9 +194,10 @@ def train(
         # first training inputs stand in for it, as real text beats random vectors.
         method_config.init_text = data.train[0].text
     module = spec_m.module_cls(method_config, lm, init_text=data.spec.instruction, label_text=label_text, seed=config.seed)
-    lr = config.lr if config.lr is not None else DEFAULT_LR[spec_m.name]
-    params = [p for p in module.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
+    lr = config.lr if config.lr is not None else method_config.default_lr()
+    groups = module.param_groups(lr)
+    params = [p for g in groups for p in g["params"]]
+    opt = torch.optim.AdamW(groups, lr=lr, weight_decay=config.weight_decay)
     enc = Encoder(lm, data.spec, config.max_length)
     train_enc: dict[int, Any] = {}  # encoded lazily: a run touches steps*batch_size examples, not all
 
@@ -254,7 +251,7 @@ def train(
                 idx = batch_indices(len(data.train), config.batch_size, config.seed, step)
                 batch = collate([encoded(i) for i in idx], lm.pad_token_id)
                 for g in opt.param_groups:
-                    g["lr"] = config.lr_at(step, lr)
+                    g["lr"] = config.lr_at(step, g["base_lr"])
                 loss = loss_on_batch(lm, module, batch)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

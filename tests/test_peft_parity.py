@@ -77,12 +77,16 @@ def test_prefix_tuning_matches_peft(tiny_lm, P):
     assert diff <= TOL, diff
 
 
-def test_prefix_tuning_with_projection_folds_to_the_same_logits(tiny_lm):
-    """Training through the MLP and the folded KV prefix give the same forward pass."""
+@pytest.mark.parametrize("encoder", ["model+mlp", "mlp"])
+def test_prefix_tuning_with_projection_folds_to_the_same_logits(tiny_lm, encoder):
+    """Training through the reparameterisation and the folded KV prefix give the same forward pass."""
     from edgeprompt.prefix_tuning import PrefixTuningConfig, PrefixTuningModule
 
     lm = tiny_lm
-    m = PrefixTuningModule(PrefixTuningConfig(num_virtual_tokens=4, init="random"), lm, seed=3)
+    m = PrefixTuningModule(PrefixTuningConfig(num_virtual_tokens=4, init="random", encoder=encoder), lm, seed=3)
+    with torch.no_grad():  # a non-zero MLP, so the residual path is exercised
+        for p in m.mlp.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
     ids, mask = _batch(lm)
     with torch.no_grad():
         live = full_logits(lm, m.kv(lm), ids, mask)

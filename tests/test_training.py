@@ -45,14 +45,15 @@ def test_batch_order_is_a_function_of_seed_and_step():
     assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:20]) == list(range(10))
 
 
-def test_prefix_text_init_starts_at_the_instruction(tiny_lm):
-    """init=text with the zero output layer starts exactly at the instruction's KV."""
+@pytest.mark.parametrize("encoder", ["model+mlp", "mlp"])
+def test_prefix_text_init_starts_at_the_instruction(tiny_lm, encoder):
+    """init=text with the zero output layer starts exactly at the instruction's KV (both encoders)."""
     from edgeprompt.prefix import kv_from_embeddings, kv_to_tensor
     from edgeprompt.prefix_tuning import PrefixTuningModule
     from edgeprompt.prompt_tuning.model import init_token_ids
 
     text = "Label the text as negative, positive."
-    m = PrefixTuningModule(PrefixTuningConfig(num_virtual_tokens=6), tiny_lm, init_text=text)
+    m = PrefixTuningModule(PrefixTuningConfig(num_virtual_tokens=6, encoder=encoder), tiny_lm, init_text=text)
     ids = init_token_ids(tiny_lm.encode(text), 6)
     with torch.no_grad():
         want = kv_to_tensor(kv_from_embeddings(tiny_lm, tiny_lm.embeddings[ids]))
@@ -178,4 +179,17 @@ def test_configs_check_themselves():
     with pytest.raises(EdgePromptError, match="lr=-1"):
         TrainConfig(lr=-1)
     assert PrefixTuningConfig(num_virtual_tokens=3).to_dict() == {
-        "num_virtual_tokens": 3, "init_text": None, "init": "text", "projection": True, "encoder_hidden_size": 512}
+        "num_virtual_tokens": 3, "init_text": None, "init": "text", "projection": True, "encoder_hidden_size": 512,
+        "encoder": "model+mlp", "mlp_lr_ratio": 1e-3}
+    with pytest.raises(EdgePromptError, match="prefix encoder 'lstm'"):
+        PrefixTuningConfig(encoder="lstm")
+
+
+def test_model_mlp_encoder_gives_the_mlp_its_own_learning_rate(tiny_lm):
+    from edgeprompt.prefix_tuning import PrefixTuningModule
+
+    m = PrefixTuningModule(PrefixTuningConfig(num_virtual_tokens=2, mlp_lr_ratio=0.05), tiny_lm, init_text="good day")
+    groups = m.param_groups(0.2)
+    assert [g["lr"] for g in groups] == [0.2, pytest.approx(0.01)]
+    assert sum(p.numel() for g in groups for p in g["params"]) == sum(p.numel() for p in m.parameters())
+    assert not any(p is q for p in m.parameters() for q in tiny_lm.model.parameters())  # the frozen model is not ours

@@ -2,7 +2,7 @@
 
 from ..constants import Method
 from ..methods import MethodSpec, register_method
-from .config import PrefixInit, PrefixTuningConfig
+from .config import PrefixEncoder, PrefixInit, PrefixTuningConfig
 from .model import PrefixTuningModule, check_folded, flat_to_kv, kv_from_folded, kv_to_flat
 
 register_method(
@@ -15,4 +15,4 @@ register_method(
     )
 )
 
-__all__ = ["PrefixInit", "PrefixTuningConfig", "PrefixTuningModule", "flat_to_kv", "kv_to_flat"]
+__all__ = ["PrefixEncoder", "PrefixInit", "PrefixTuningConfig", "PrefixTuningModule", "flat_to_kv", "kv_to_flat"]

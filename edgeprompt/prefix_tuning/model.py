@@ -9,7 +9,7 @@ from ..io import EdgePromptError
 from ..models import FrozenLM, ModelInfo
 from ..prefix import KV, kv_from_embeddings, kv_from_tensor, kv_to_tensor
 from ..prompt_tuning.model import init_token_ids
-from .config import PrefixInit, PrefixTuningConfig
+from .config import PrefixEncoder, PrefixInit, PrefixTuningConfig
 
 
 def flat_to_kv(flat: torch.Tensor, info: ModelInfo) -> torch.Tensor:
@@ -25,7 +25,7 @@ def kv_to_flat(kv: torch.Tensor) -> torch.Tensor:
 
 
 class PrefixTuningModule(nn.Module):
-    """Trainable KV prefix, optionally reparameterised through an MLP (folded away on save)."""
+    """Trainable KV prefix, trained through a reparameterisation that is folded away on save."""
 
     def __init__(self, config: PrefixTuningConfig, lm: FrozenLM, init_text: str = "", label_text: str = "", seed: int = 0):
         super().__init__()
@@ -33,33 +33,56 @@ class PrefixTuningModule(nn.Module):
         P, info = config.num_virtual_tokens, lm.info
         width = info.num_layers * 2 * info.num_kv_heads * info.head_dim
         torch.manual_seed(seed)
+        text_emb = None
         if config.init == PrefixInit.TEXT:
             ids = init_token_ids(lm.encode(config.init_text or init_text), P)
-            with torch.no_grad():
-                base = kv_to_flat(kv_to_tensor(kv_from_embeddings(lm, lm.embeddings[ids].float())))  # (P, width)
-        else:
+            text_emb = lm.embeddings[ids].detach().float().clone()  # (P, d)
+        self.through_model = config.projection and config.encoder == PrefixEncoder.MODEL_MLP
+        if self.through_model:
+            # E starts at the instruction's embeddings (or random tokens' scale), like prompt tuning.
+            start = text_emb if text_emb is not None else torch.randn(P, info.hidden_size) * lm.embeddings.std()
+            self.embedding = nn.Parameter(start)
+        elif config.projection:
             base = torch.zeros(P, width)
+            if text_emb is not None:
+                with torch.no_grad():
+                    base = kv_to_flat(kv_to_tensor(kv_from_embeddings(lm, text_emb)))  # (P, width)
+            self.register_buffer("base", base, persistent=True)
+            self.embedding = nn.Parameter(torch.randn(P, info.hidden_size))
+        else:
+            base = torch.randn(P, width) * 0.02
+            if text_emb is not None:
+                with torch.no_grad():
+                    base = kv_to_flat(kv_to_tensor(kv_from_embeddings(lm, text_emb)))
+            self.flat = nn.Parameter(base)
         if config.projection:
-            self.register_buffer("base", base.clone(), persistent=True)
-            self.embedding = nn.Embedding(P, info.hidden_size)
             self.mlp = nn.Sequential(
                 nn.Linear(info.hidden_size, config.encoder_hidden_size),
                 nn.Tanh(),
                 nn.Linear(config.encoder_hidden_size, width),
             )
-            if config.init == PrefixInit.TEXT:
-                # Zero output layer: training starts exactly at the instruction's KV and learns a residual.
+            if config.init == PrefixInit.TEXT or self.through_model:
+                # Zero output layer: training starts exactly at the text's KV and learns a residual.
                 nn.init.zeros_(self.mlp[2].weight)
                 nn.init.zeros_(self.mlp[2].bias)
-        else:
-            if config.init == PrefixInit.RANDOM:
-                base = torch.randn(P, width) * 0.02
-            self.flat = nn.Parameter(base.clone())
+        self._lm = [lm]  # not a submodule: the frozen model is no parameter of ours
+
+    def param_groups(self, lr: float) -> list[dict]:
+        """AdamW groups; with encoder=model+mlp the MLP learns at ``lr * mlp_lr_ratio``."""
+        if self.through_model:
+            return [
+                {"params": [self.embedding], "lr": lr, "base_lr": lr},
+                {"params": list(self.mlp.parameters()), "lr": lr * self.config.mlp_lr_ratio, "base_lr": lr * self.config.mlp_lr_ratio},
+            ]
+        return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": lr, "base_lr": lr}]
 
     def flat_prefix(self) -> torch.Tensor:
         """The prefix in PEFT's flat layout ``[P, L*2*h*hd]``."""
+        if self.through_model:
+            lm = self._lm[0]
+            return kv_to_flat(kv_to_tensor(kv_from_embeddings(lm, self.embedding))) + self.mlp(self.embedding)
         if self.config.projection:
-            return self.base + self.mlp(self.embedding.weight)
+            return self.base + self.mlp(self.embedding)
         return self.flat
 
     def kv(self, lm: FrozenLM) -> KV:

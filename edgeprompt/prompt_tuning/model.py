@@ -39,6 +39,9 @@ class PromptTuningModule(nn.Module):
             start = torch.randn(P, emb.shape[1], generator=g) * emb.std()
         self.prompt = nn.Parameter(start.float())  # (P, d)
 
+    def param_groups(self, lr: float) -> list[dict]:
+        return [{"params": [self.prompt], "lr": lr, "base_lr": lr}]
+
     def kv(self, lm: FrozenLM) -> KV:
         return kv_from_embeddings(lm, self.prompt)
 
