@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -34,27 +35,25 @@ def _kv(lm):
     return get_method("prompt_tuning").kv_from_folded(lm, {"prompt_embeddings": rng.standard_normal((3, lm.info.hidden_size)).astype(np.float32)})
 
 
-def test_single_token_labels_match_brute_force(tiny_lm):
-    from .conftest import FILL, NEG, POS
+def _spec(lm, kind: str) -> TaskSpec:
+    if kind == "single":
+        from .conftest import FILL, NEG, POS
 
-    singles = [" " + w for w in POS + NEG + FILL if len(tiny_lm.encode(" " + w)) == 1][:3]
-    assert len(singles) == 3
-    spec = TaskSpec(template="{text}\nLabel:", labels=["a", "b", "c"], verbalizers=dict(zip("abc", singles)))
+        singles = [" " + w for w in POS + NEG + FILL if len(lm.encode(" " + w)) == 1][:3]
+        assert len(singles) == 3
+        return TaskSpec(template="{text}\nLabel:", labels=["a", "b", "c"], verbalizers=dict(zip("abc", singles)))
+    return TaskSpec(template="Text: {text}\nLabel:", labels=["a", "b", "c"],
+                    verbalizers={"a": " really wonderful day", "b": " terrible", "c": " my"})
+
+
+@pytest.mark.parametrize("kind", ["single", "multi"])
+def test_label_scores_match_brute_force(tiny_lm, kind):
+    """One pass at the last position (single-token labels) or one row per label (multi-token)."""
+    spec = _spec(tiny_lm, kind)
     enc = Encoder(tiny_lm, spec, 64)
-    assert all(len(v) == 1 for v in enc.verbalizer_ids)
-    exs = [Example("the movie was great", "a"), Example("so bad today", "b"), Example("my day", "c")]
-    with torch.no_grad():
-        kv = _kv(tiny_lm)
-        got = label_logprobs(tiny_lm, kv, enc, exs, batch_size=2)
-        want = np.array([brute_force(tiny_lm, kv, spec, ex) for ex in exs])
-    np.testing.assert_allclose(got, want, atol=1e-4)
-
-
-def test_multi_token_labels_match_brute_force(tiny_lm):
-    spec = TaskSpec(template="Text: {text}\nLabel:", labels=["pos", "neg"], verbalizers={"pos": " really wonderful day", "neg": " terrible"})
-    enc = Encoder(tiny_lm, spec, 64)
-    assert max(len(v) for v in enc.verbalizer_ids) > 1
-    exs = [Example("the food was nice", "pos"), Example("worst service", "neg"), Example("my day and the movie", "pos")]
+    longest = max(len(v) for v in enc.verbalizer_ids)
+    assert (longest == 1) == (kind == "single")
+    exs = [Example("the movie was great", "a"), Example("so bad today", "b"), Example("my day and the movie", "c")]
     with torch.no_grad():
         kv = _kv(tiny_lm)
         got = label_logprobs(tiny_lm, kv, enc, exs, batch_size=2)
