@@ -32,10 +32,15 @@ def _add_bank(p: argparse.ArgumentParser) -> None:
 def _add_task_format(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("task format (for --data FILE; the built-in 'tweets' has its own)")
     g.add_argument("--kind", choices=[k.value for k in TaskKind], default=TaskKind.CLASSIFICATION.value)
-    g.add_argument("--template", help="input template containing {text}, e.g. 'Review: {text}\\nSentiment:'")
+    g.add_argument("--template", help="input template containing {text}, e.g. 'Review: {text}\\nStars:' (\\n and \\t are turned into newline and tab)")
     g.add_argument("--instruction", help="plain instruction for the zero-shot baseline and init=text")
     g.add_argument("--labels", help="comma-separated label names in order (default: the distinct values, sorted)")
     g.add_argument("--verbalizer", action="append", default=[], metavar="LABEL=TEXT", help="what the model says for LABEL (default ' LABEL'); repeatable")
+
+
+def _unescape(s: str | None) -> str | None:
+    """Shells pass '\\n' literally; templates mean a newline (as llama.cpp's --escape does)."""
+    return None if s is None else s.replace("\\n", "\n").replace("\\t", "\t")
 
 
 def _spec_from_args(args, data_source: str):
@@ -54,15 +59,15 @@ def _spec_from_args(args, data_source: str):
         if "=" not in v:
             raise EdgePromptError(f"--verbalizer {v!r} must look like LABEL=TEXT.")
         k, t = v.split("=", 1)
-        verbs[k] = t
+        verbs[k] = _unescape(t)
     labels = [x.strip() for x in args.labels.split(",")] if args.labels else []
     kind = TaskKind(args.kind)
     if kind == TaskKind.CLASSIFICATION and not labels:
         raise EdgePromptError("with --template or --instruction for a classification task, also pass --labels.")
     return TaskSpec(
         kind=kind,
-        template=args.template or ("{text}\nLabel:" if kind == TaskKind.CLASSIFICATION else "{text}\n"),
-        instruction=args.instruction or "",
+        template=_unescape(args.template) or ("{text}\nLabel:" if kind == TaskKind.CLASSIFICATION else "{text}\n"),
+        instruction=_unescape(args.instruction) or "",
         labels=labels,
         verbalizers=verbs,
     )

@@ -51,3 +51,12 @@ def test_errors_are_clear_and_exit_2(tiny_model_dir, tiny_csv, tmp_path, env):
     assert r.returncode == 2 and "'gpt2' is not supported" in r.stderr and "llama, mistral, qwen2" in r.stderr
     r = run_cli(["train", "--model", str(tiny_model_dir), "--bank", str(bank), "--data", str(tiny_csv), "--method", "lora"], env, check=False)
     assert r.returncode == 2 and "unknown method 'lora'" in r.stderr and "prompt_tuning" in r.stderr
+
+
+def test_template_flags_unescape_newlines():
+    from edgeprompt.cli import _spec_from_args, build_parser
+
+    args = build_parser().parse_args(["train", "--data", "x.csv", "--template", r"Review: {text}\nStars:", "--labels", "1,2",
+                                      "--instruction", r"Rate it.\n", "--verbalizer", r"1=\tone"])
+    spec = _spec_from_args(args, "x.csv")
+    assert spec.template == "Review: {text}\nStars:" and spec.instruction == "Rate it.\n" and spec.verbalizers["1"] == "\tone"
