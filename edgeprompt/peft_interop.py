@@ -25,15 +25,21 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PEFT_KEY = "prompt_embeddings"
 
 
-def flat_to_kv_np(flat: np.ndarray, info: ModelInfo) -> np.ndarray:
-    """``[P, L*2*h*hd]`` -> ``[L, 2, h, P, hd]`` (numpy twin of prefix_tuning.flat_to_kv)."""
-    P = flat.shape[0]
-    return np.ascontiguousarray(flat.reshape(P, info.num_layers, 2, info.num_kv_heads, info.head_dim).transpose(1, 2, 3, 0, 4))
+def _kv_from_flat(flat: np.ndarray, info: ModelInfo) -> np.ndarray:
+    """PEFT's flat ``[P, L*2*h*hd]`` -> our ``[L, 2, h, P, hd]`` (the layout lives in prefix_tuning)."""
+    import torch
+
+    from .prefix_tuning import flat_to_kv
+
+    return np.ascontiguousarray(flat_to_kv(torch.from_numpy(flat), info).numpy())
 
 
-def kv_to_flat_np(kv: np.ndarray) -> np.ndarray:
-    P = kv.shape[3]
-    return np.ascontiguousarray(kv.transpose(3, 0, 1, 2, 4).reshape(P, -1))
+def _flat_from_kv(kv: np.ndarray) -> np.ndarray:
+    import torch
+
+    from .prefix_tuning import kv_to_flat
+
+    return np.ascontiguousarray(kv_to_flat(torch.from_numpy(kv)).numpy())
 
 
 def read_peft(directory: str | Path, info: ModelInfo) -> tuple[Method, dict[str, np.ndarray], dict]:
@@ -71,7 +77,7 @@ def read_peft(directory: str | Path, info: ModelInfo) -> tuple[Method, dict[str,
                 f"(L={info.num_layers}, kv_heads={info.num_kv_heads}, head_dim={info.head_dim}). An unfolded "
                 "prefix_projection checkpoint cannot be read: save it from PEFT with the prefix folded."
             )
-        return Method.PREFIX_TUNING, {TENSOR_KV_PREFIX: flat_to_kv_np(emb, info)}, cfg
+        return Method.PREFIX_TUNING, {TENSOR_KV_PREFIX: _kv_from_flat(emb, info)}, cfg
     raise EdgePromptError(f"{d}: peft_type {ptype!r} is not supported; import-peft reads PROMPT_TUNING and PREFIX_TUNING.")
 
 
@@ -95,7 +101,7 @@ def export_peft(task: BankTask, out: str | Path, base_model_name_or_path: str, i
             num_transformer_submodules=1, num_layers=info.num_layers, inference_mode=True,
         )
     else:
-        emb = kv_to_flat_np(t[TENSOR_KV_PREFIX])
+        emb = _flat_from_kv(t[TENSOR_KV_PREFIX])
         cfg = PrefixTuningConfig(
             task_type=TaskType.CAUSAL_LM, num_virtual_tokens=P, token_dim=info.num_kv_heads * info.head_dim,
             num_attention_heads=info.num_kv_heads, num_layers=info.num_layers, num_transformer_submodules=1,

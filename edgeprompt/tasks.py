@@ -12,7 +12,7 @@ the text, so "Tweet: {text}" tokenizes as a model expects (" hello", not " " + "
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable
 
 from .constants import TaskKind
 from .io import EdgePromptError
@@ -113,6 +113,3 @@ def fit_text_budget(spec: TaskSpec, encode: Encoder, max_length: int, target_len
         )
     return budget
 
-
-def label_index(spec: TaskSpec, labels: Sequence[str]) -> dict[str, int]:
-    return {lab: i for i, lab in enumerate(spec.labels)}

@@ -149,7 +149,6 @@ def _save_checkpoint(path: Path, step: int, module, opt, best: dict, loop: dict,
 
 
 def _load_checkpoint(path: Path, module, opt, meta: dict):
-    recover_directory(path)
     state = read_json(path / "state.json", "checkpoint state")
     if state.get("format") != CHECKPOINT_FORMAT:
         raise EdgePromptError(f"{path} is not an edgeprompt checkpoint.")
@@ -268,8 +267,8 @@ def train(
                     history[-1].update(loss=round(loop["loss_ema"], 4), wall_s=round(loop["wall_s"], 1))
                 if bar is not None:
                     post = {"loss": f"{loop['loss_ema']:.3f}"}
-                    if loop["best_dev"]:
-                        post["dev"] = f"{dev_score_dict(loop['best_dev']):.3f}"
+                    if loop["best_score"] is not None:
+                        post["dev"] = f"{loop['best_score']:.3f}"  # accuracy, or -NLL for generation
                     bar.set_postfix(post)
                     bar.update(1)
                 if ckpt is not None and (step % config.checkpoint_every == 0 or sigint.hit or step == config.steps):
@@ -285,8 +284,3 @@ def train(
     module.eval()
     return TrainResult(module, best_step, best_dev, history, wall_time_s=loop["wall_s"], steps=step, lr=lr)
 
-
-def dev_score_dict(d: dict) -> float:
-    if not d:
-        return float("-inf")
-    return d["accuracy"] if "accuracy" in d else -d["nll"]
