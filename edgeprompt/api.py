@@ -13,7 +13,7 @@ import torch
 from .bank import BankTask, PromptBank, check_task_name
 from .constants import TaskKeys, TaskKind
 from .data import Dataset, Example, load_dataset
-from .evaluation import evaluate, instruction_kv
+from .evaluation import evaluate, instruction_kv, report_dict
 from .io import EdgePromptError, recover_directory
 from .methods import get_method
 from .models import FrozenLM
@@ -108,8 +108,7 @@ def evaluate_task(lm: FrozenLM, task: BankTask, examples: list[Example], max_len
     with torch.no_grad():
         rep = evaluate(lm, task_kv(lm, task), spec, examples, max_length)
         zs = evaluate(lm, instruction_kv(lm, spec), spec, examples, max_length) if baseline else None
-    as_dict = lambda r: (r.to_dict() if hasattr(r, "to_dict") else r) if r is not None else None  # noqa: E731
-    return {"task": as_dict(rep), "zero_shot": as_dict(zs), "reports": (rep, zs), "eval_s": round(time.perf_counter() - t0, 1)}
+    return {"task": report_dict(rep), "zero_shot": report_dict(zs), "reports": (rep, zs), "eval_s": round(time.perf_counter() - t0, 1)}
 
 
 def format_reports(spec: TaskSpec, reports: tuple) -> str:

@@ -85,6 +85,13 @@ class ClassificationReport:
         return "\n".join(lines)
 
 
+def report_dict(report) -> dict | None:
+    """A :class:`ClassificationReport` or a generation report (already a dict) as a JSON-able dict."""
+    if report is None:
+        return None
+    return report.to_dict() if hasattr(report, "to_dict") else dict(report)
+
+
 def classification_report(gold: np.ndarray, pred: np.ndarray, labels: list[str]) -> ClassificationReport:
     K = len(labels)
     conf = np.zeros((K, K), dtype=np.int64)

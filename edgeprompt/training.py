@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from .batching import Encoder, collate
 from .constants import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, TaskKind
 from .data import Dataset
-from .evaluation import evaluate
+from .evaluation import evaluate, report_dict
 from .io import EdgePromptError, TrainingInterrupted, atomic_directory, atomic_write_json, atomic_write_safetensors, read_json, read_safetensors, recover_directory
 from .methods import get_method
 from .models import FrozenLM
@@ -96,10 +96,6 @@ def loss_on_batch(lm: FrozenLM, module, batch) -> torch.Tensor:
 
 def dev_score(report) -> float:
     return report.accuracy if hasattr(report, "accuracy") else -report["nll"]
-
-
-def _report_dict(report) -> dict:
-    return report.to_dict() if hasattr(report, "to_dict") else dict(report)
 
 
 class _SigintFlag:
@@ -231,7 +227,7 @@ def train(
             return
         with torch.no_grad():
             report = evaluate(lm, module.kv(lm), data.spec, dev, config.max_length)
-        history[-1]["dev"] = _report_dict(report)
+        history[-1]["dev"] = report_dict(report)
         score = dev_score(report)  # unrounded: ties and tiny NLL changes compare exactly
         if loop["best_score"] is None or score > loop["best_score"]:
             best = {k: v.detach().clone() for k, v in module.state_dict().items()}
