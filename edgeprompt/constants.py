@@ -99,3 +99,131 @@ class TaskKeys:
     DATA = "data"  # source, split sizes and the sha256 of the training split
     CREATED = "created"
     SOURCE = "source"  # "edgeprompt" or "peft"
+
+
+class OnnxNames:
+    """Input and output names of the exported ONNX decoder (see ``export/onnx_decoder.py``)."""
+
+    INPUTS_EMBEDS = "inputs_embeds"  # float32 [B, T, d]
+    ATTENTION_MASK = "attention_mask"  # int64 [B, past + T]
+    POSITION_IDS = "position_ids"  # int64 [B, T]
+    LOGITS = "logits"  # float32 [B, V], last position
+
+    @staticmethod
+    def past_key(i: int) -> str:
+        return f"past_key_values.{i}.key"
+
+    @staticmethod
+    def past_value(i: int) -> str:
+        return f"past_key_values.{i}.value"
+
+    @staticmethod
+    def present_key(i: int) -> str:
+        return f"present.{i}.key"
+
+    @staticmethod
+    def present_value(i: int) -> str:
+        return f"present.{i}.value"
+
+
+# ---------------------------------------------------------------------------------------------
+# Bundles: what `edgeprompt export` writes and the runtimes (and the Android demo) read.
+#
+#   OUT/
+#     manifest.json              BundleKeys
+#     tokenizer.json             the frozen model's tokenizer (runtimes never add BOS)
+#     model/decoder.onnx (+ decoder.onnx.data) and model/embeddings.safetensors   (format onnx)
+#     model/model.gguf                                                            (format gguf)
+#     bank/                      a prompt bank (bank.json + tasks/<name>/...) with the exported tasks
+#     kv/<task>.safetensors      optional: a prompt-tuning task's KV prefix computed by the
+#                                exported model itself ("kv_prefix" [L, 2, h, P, hd])
+#     kv/<task>.llama-state      the same for llama.cpp: a sequence-state blob
+#     probes/probes.json         the parity probe set (task, text, label)
+#     probes/reference.safetensors   "logits" float32 [N, V]: torch fp32 reference, last position
+# ---------------------------------------------------------------------------------------------
+
+BUNDLE_FORMAT = "edgeprompt.bundle"
+BUNDLE_VERSION = 1
+BUNDLE_MANIFEST_FILE = "manifest.json"
+BUNDLE_TOKENIZER_FILE = "tokenizer.json"
+BUNDLE_MODEL_DIR = "model"
+BUNDLE_BANK_DIR = "bank"
+BUNDLE_KV_DIR = "kv"
+BUNDLE_PROBES_DIR = "probes"
+ONNX_MODEL_FILE = "decoder.onnx"
+ONNX_EMBEDDINGS_FILE = "embeddings.safetensors"
+TENSOR_EMBEDDINGS = "embeddings"  # [V, d] in the bundle's embeddings.safetensors
+GGUF_MODEL_FILE = "model.gguf"
+PROBES_FILE = "probes.json"
+PROBES_REFERENCE_FILE = "reference.safetensors"
+TENSOR_REFERENCE_LOGITS = "logits"
+LLAMA_STATE_SUFFIX = ".llama-state"
+
+#: An fp32 export whose logits differ from torch by more than this fails.
+PARITY_FP32_MAX_ABS = 1e-3
+
+
+class ModelFormat(str, Enum):
+    ONNX = "onnx"
+    GGUF = "gguf"
+
+
+#: Quantization types per format, in the order the CLI lists them.
+QUANT_TYPES = {
+    ModelFormat.ONNX: ("fp32", "int8", "int4", "int8-dynamic"),
+    ModelFormat.GGUF: ("f32", "f16", "q8_0", "q4_0", "q4_k_m", "source"),
+}
+#: The types whose exports must match torch to PARITY_FP32_MAX_ABS.
+FULL_PRECISION_QUANTS = ("fp32", "f32")
+
+
+class BundleKeys:
+    FORMAT = "format"
+    VERSION = "version"
+    BASE_MODEL = "base_model"  # BaseModelKeys
+    MODEL = "model"  # ModelKeys
+    FILES = "files"  # {relative path: {"sha256": ..., "bytes": ...}}
+    TOOLS = "tools"  # {package: version}
+    TOKENIZER = "tokenizer"  # TokenizerKeys
+    TASKS = "tasks"  # {name: {"method", "kind", "forms": {form: {"file", "bytes"}}}}
+    PARITY = "parity"  # ParityKeys, per task ("" = plain model)
+    CREATED = "created"
+    EXPORT_SECONDS = "export_seconds"
+
+
+class ModelKeys:
+    FORMAT = "format"  # ModelFormat
+    QUANT = "quant"  # one of QUANT_TYPES[format]
+    FILE = "file"  # relative path of the model file
+    EMBEDDINGS = "embeddings"  # onnx: relative path of embeddings.safetensors
+    CONTEXT_LENGTH = "context_length"
+    TENSOR_TYPES = "tensor_types"  # {type name: count}, what was actually written
+    VIRTUAL_TOKENS = "virtual_tokens"  # gguf --virtual-tokens: {task: [token ids]}
+    LOGIT_MASK = "logit_mask"  # token ids whose logits a sampler must mask (virtual tokens)
+
+
+class TokenizerKeys:
+    ADD_BOS = "add_bos"  # always false: edgeprompt never prepends BOS
+    BOS_ID = "bos_token_id"
+    EOS_ID = "eos_token_id"
+    PAD_ID = "pad_token_id"
+    CHAT_TEMPLATE = "chat_template"
+
+
+class TaskForm(str, Enum):
+    """The forms in which a task ships in a bundle."""
+
+    EMBEDDINGS = "embeddings"  # prompt tuning: [P, d] rows fed as input embeddings
+    KV_PREFIX = "kv_prefix"  # prefix tuning, or prompt tuning folded by the exported model
+    LLAMA_STATE = "llama_state"  # a llama.cpp sequence-state blob of the prompt
+    VIRTUAL_TOKENS = "virtual_tokens"  # extra token ids in the GGUF's vocabulary
+
+
+class ParityKeys:
+    PROBES = "probes"
+    MAX_ABS_LOGIT_DIFF = "max_abs_logit_diff"
+    TOP1_AGREEMENT = "top1_agreement"
+    ACCURACY_REFERENCE = "accuracy_reference"
+    ACCURACY_EXPORT = "accuracy_export"
+    LABEL_AGREEMENT = "label_agreement"
+    PASSED = "passed"

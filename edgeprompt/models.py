@@ -60,17 +60,44 @@ def default_gguf_path() -> Path:
     return path
 
 
-def gguf_architecture(path: Path) -> str:
+#: Bumped when the GGUF -> transformers conversion changes; older cached folders are redone.
+#: 2: restore llama.cpp's "smollm" pre-tokenizer (digits split one by one) that transformers drops.
+CONVERTER_VERSION = 2
+
+
+def gguf_string(path: Path, key: str) -> str | None:
+    """A string metadata value of a GGUF file, or None when absent."""
     from gguf import GGUFReader
 
     try:
         reader = GGUFReader(str(path))
     except Exception as e:
         raise EdgePromptError(f"{path} is not a readable GGUF file ({e}).") from None
-    field = reader.fields.get("general.architecture")
-    if field is None:
+    field = reader.fields.get(key)
+    return None if field is None else bytes(field.parts[field.data[0]]).decode("utf-8")
+
+
+def gguf_architecture(path: Path) -> str:
+    arch = gguf_string(path, "general.architecture")
+    if arch is None:
         raise EdgePromptError(f"{path} has no general.architecture key; is it a model GGUF?")
-    return bytes(field.parts[field.data[0]]).decode("utf-8")
+    return arch
+
+
+def _restore_pre_tokenizer(tok: Any, pre: str | None) -> None:
+    """Make the converted tokenizer split text as llama.cpp does for this GGUF.
+
+    transformers' GGUF loader turns llama.cpp's ``smollm`` pre-tokenizer into a plain ByteLevel
+    one and loses its first step, which splits every digit on its own: " 2024" and "!!!   2024"
+    then tokenize differently in torch and in llama.cpp. Put the step back.
+    """
+    if pre != "smollm":
+        return
+    from tokenizers import pre_tokenizers
+
+    tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=True)]
+    )
 
 
 def _check_architecture(arch: str, source: Path | str) -> None:
@@ -101,7 +128,8 @@ def convert_gguf(path: Path, name: str | None = None, force: bool = False) -> Pa
     _check_architecture(arch, path)
     out = cache_dir() / "models" / (name or _gguf_cache_name(path))
     recover_directory(out)
-    if (out / MODEL_META_FILE).is_file() and not force:
+    meta = out / MODEL_META_FILE
+    if meta.is_file() and not force and read_json(meta, "model cache marker").get("converter") == CONVERTER_VERSION:
         return out
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -109,6 +137,7 @@ def convert_gguf(path: Path, name: str | None = None, force: bool = False) -> Pa
     t0 = time.perf_counter()
     hf_logging.set_verbosity_error()
     tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    _restore_pre_tokenizer(tok, gguf_string(path, "tokenizer.ggml.pre"))
     model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype="float32")
     with atomic_directory(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
@@ -116,6 +145,7 @@ def convert_gguf(path: Path, name: str | None = None, force: bool = False) -> Pa
         atomic_write_json(
             tmp / MODEL_META_FILE,
             {
+                "converter": CONVERTER_VERSION,
                 "source": str(path.resolve()),
                 "source_sha256": file_sha256(path),
                 "architecture": arch,

@@ -1,0 +1,148 @@
+"""Two backends behind one small interface: a *sequence* you feed and snapshot. No torch.
+
+``backend.sequence(prefix)`` starts a request from a cached prefix (or empty); ``feed_ids`` /
+``feed_embeds`` append tokens or soft-prompt rows and return the next-token logits ``[V]``;
+``snapshot()`` returns a :class:`Prefix` that can start any number of later sequences.
+
+- ONNX: a prefix is the list of present tensors; sequences are independent values, so
+  requests run concurrently (``InferenceSession.run`` is thread-safe).
+- llama.cpp: a prefix is a sequence-state blob; a sequence holds the engine's lock from start
+  to end, because one ``llama_context`` runs one request at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from edgeprompt.io import EdgePromptError
+
+
+@dataclass
+class Prefix:
+    """A reusable start state: ``length`` positions, ``nbytes`` of memory, backend-specific ``data``."""
+
+    length: int
+    nbytes: int
+    data: Any
+
+
+class OnnxBackend:
+    name = "onnx"
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.vocab_size = engine.vocab_size
+        self.hidden_size = engine.hidden_size
+        self.n_ctx = None  # bounded by the model's positions only
+        self.supports_kv_prefix = True
+
+    def prefix_from_kv(self, kv: np.ndarray) -> Prefix:
+        st = self.engine.state_from_kv(kv)
+        return Prefix(int(kv.shape[3]), self.engine.state_bytes(st), st)
+
+    def sequence(self, prefix: Prefix | None = None) -> "_OnnxSequence":
+        return _OnnxSequence(self.engine, prefix)
+
+    def close(self) -> None:
+        self.engine = None
+
+
+class _OnnxSequence:
+    def __init__(self, engine, prefix: Prefix | None):
+        self.engine = engine
+        self.state = prefix.data if prefix is not None else engine.empty_state()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    @property
+    def length(self) -> int:
+        return self.engine.state_length(self.state)
+
+    def feed_embeds(self, embeds: np.ndarray) -> np.ndarray:
+        logits, self.state = self.engine.forward(embeds, self.state)
+        return logits
+
+    def feed_ids(self, ids: Sequence[int]) -> np.ndarray:
+        return self.feed_embeds(self.engine.embed(ids))
+
+    def snapshot(self) -> Prefix:
+        return Prefix(self.length, self.engine.state_bytes(self.state), self.state)
+
+
+class LlamaCppBackend:
+    name = "llamacpp"
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.vocab_size = engine.vocab_size
+        self.hidden_size = engine.hidden_size
+        self.n_ctx = engine.n_ctx
+        self.supports_kv_prefix = False
+
+    def prefix_from_kv(self, kv: np.ndarray) -> Prefix:
+        raise EdgePromptError(
+            "prefix-tuning tasks are per-layer key/value tensors, and llama.cpp takes a KV cache only through its "
+            "own sequence-state blob, whose layout (rotary layout, cache type, cell metadata) is internal to each "
+            "llama.cpp version; open the bundle with backend='onnx', or train the task with --method prompt."
+        )
+
+    def prefix_from_blob(self, blob: bytes, length: int) -> Prefix:
+        return Prefix(length, len(blob), blob)
+
+    def sequence(self, prefix: Prefix | None = None) -> "_LlamaSequence":
+        return _LlamaSequence(self.engine, prefix)
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
+
+
+class _LlamaSequence:
+    def __init__(self, engine, prefix: Prefix | None):
+        self.engine = engine
+        self.prefix = prefix
+        self._held = False
+
+    def __enter__(self):
+        self.engine.lock.acquire()
+        self._held = True
+        if self.prefix is None:
+            self.engine.reset()
+        else:
+            self.engine.load_state(self.prefix.data, self.prefix.length)
+        return self
+
+    def __exit__(self, *exc):
+        if self._held:
+            self._held = False
+            self.engine.lock.release()
+        return False
+
+    def _check(self):
+        if not self._held:
+            raise RuntimeError("a llama.cpp sequence must be used inside 'with'.")
+
+    @property
+    def length(self) -> int:
+        return self.engine.n_past
+
+    def feed_embeds(self, embeds: np.ndarray) -> np.ndarray:
+        self._check()
+        return self.engine.eval_embeddings(embeds)
+
+    def feed_ids(self, ids: Sequence[int]) -> np.ndarray:
+        self._check()
+        return self.engine.eval_tokens(ids)
+
+    def snapshot(self) -> Prefix:
+        self._check()
+        blob = self.engine.save_state()
+        return Prefix(self.engine.n_past, len(blob), blob)
