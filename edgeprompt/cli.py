@@ -244,8 +244,88 @@ def cmd_models(args) -> int:
     raise AssertionError(args.models_cmd)
 
 
+def cmd_export(args) -> int:
+    from edgeprompt.export.bundle import ExportConfig, export_bundle
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+    cfg = ExportConfig(format=args.format, quant=args.quant or ("fp32" if args.format == "onnx" else "q8_0"), tasks=tasks,
+                       with_kv=args.with_kv, virtual_tokens=args.virtual_tokens, probes_per_task=args.probes, threads=args.threads)
+    bank = None if args.no_bank else args.bank
+    res = export_bundle(args.output, bank=bank, model=args.model, config=cfg, overwrite=args.overwrite, log=lambda s: print(s, file=sys.stderr))
+    m = res.manifest
+    size = sum(f["bytes"] for f in m["files"].values())
+    print(f"bundle {res.path}: {cfg.format} {cfg.quant}, {len(m['tasks'])} task(s), {size / 2**20:.1f} MiB, {res.timings['total_s']} s")
+    print(f"tensor types written: {m['model']['tensor_types']}")
+    for task, r in m["parity"].items():
+        name = task or "(plain model)"
+        if "skipped" in r:
+            print(f"  parity {name}: skipped ({r['skipped']})")
+            continue
+        acc = "" if r["accuracy_reference"] is None else f", accuracy {r['accuracy_reference']:.2f} -> {r['accuracy_export']:.2f}"
+        print(f"  parity {name}: max |dlogit| {r['max_abs_logit_diff']:.2e}, top-1 agreement {r['top1_agreement']:.0%}{acc} ({r['probes']} probes)")
+    vt = m["model"].get("virtual_tokens")
+    if vt:
+        for task, ids in vt.items():
+            print(f"  virtual tokens of {task}: ids {ids[0]}..{ids[-1]} (prepend them; mask them when sampling: logit_bias)")
+    return 0
+
+
+def _open_runtime(args):
+    from edgeprompt.runtimes import open_bundle
+
+    return open_bundle(args.bundle, backend=args.backend, threads=args.threads, cache_mb=args.cache_mb, n_ctx=args.n_ctx)
+
+
+def cmd_run(args) -> int:
+    rt = _open_runtime(args)
+    try:
+        text = args.text if args.text != "-" else sys.stdin.read()
+        task = args.task
+        if task is not None and not args.generate and rt._entry(task).task.spec.kind == TaskKind.CLASSIFICATION:
+            out = rt.classify(task, text, truncate=args.truncate)
+            if args.json:
+                print(json.dumps(out.to_dict()))
+            else:
+                probs = "  ".join(f"{k} {v:.3f}" for k, v in sorted(out.probabilities.items(), key=lambda kv: -kv[1]))
+                print(f"{out.label}\t({probs})")
+            return 0
+        for piece in rt.generate(task, text, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                 top_k=args.top_k, top_p=args.top_p, seed=args.seed, truncate=args.truncate):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        return 0
+    finally:
+        rt.close()
+
+
+def cmd_serve(args) -> int:
+    from edgeprompt.runtimes.server import make_server
+
+    rt = _open_runtime(args)
+    srv = make_server(rt, args.host, args.port)
+    host, port = srv.server_address[:2]
+    print(f"edgeprompt serving {args.bundle} ({rt.backend.name}, {len(rt.tasks)} tasks) on http://{host}:{port}", file=sys.stderr, flush=True)
+    try:
+        srv.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        srv.server_close()
+        rt.close()
+    return 0
+
+
+def _add_runtime(p: argparse.ArgumentParser) -> None:
+    p.add_argument("bundle", help="a bundle folder written by `edgeprompt export`")
+    p.add_argument("--backend", choices=["auto", "onnx", "llamacpp"], default="auto")
+    p.add_argument("--threads", type=int, help="compute threads (default: cores up to 4, then one fewer; or $EDGEPROMPT_THREADS)")
+    p.add_argument("--cache-mb", type=float, default=256.0, help="memory budget of the per-task prefix cache (LRU), MB")
+    p.add_argument("--n-ctx", type=int, default=2048, help="llama.cpp context, tokens")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edgeprompt", description="Train soft prompts and prefixes on a frozen LLM and keep them in a prompt bank.")
+    p = argparse.ArgumentParser(prog="edgeprompt", description="Train soft prompts and prefixes on a frozen LLM, export the model once, swap prompts per request on device.")
     p.add_argument("--version", action="version", version=f"edgeprompt {__import__('edgeprompt').__version__}")
     sub = p.add_subparsers(dest="cmd", required=True)
 
@@ -328,6 +408,43 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--overwrite", action="store_true", help="replace a PEFT adapter already in the output folder")
     for sp in (bl, bs, br, bi, be):
         sp.set_defaults(func=cmd_bank)
+
+    x = sub.add_parser("export", help="quantize and export the frozen model with the bank's tasks as an ONNX or GGUF bundle",
+                       description="Write a bundle: model file(s), tokenizer.json, the tasks and manifest.json with parity results. "
+                                   "Quantizations: onnx fp32|int8|int4|int8-dynamic; gguf f32|f16|q8_0|q4_0|q4_k_m|source.")
+    _add_model(x)
+    _add_bank(x)
+    x.add_argument("--format", choices=["onnx", "gguf"], default="onnx")
+    x.add_argument("--quant", help="quantization (default: onnx fp32, gguf q8_0)")
+    x.add_argument("-o", "--output", required=True, help="bundle folder to write")
+    x.add_argument("--tasks", help="comma-separated task names (default: all of the bank)")
+    x.add_argument("--no-bank", action="store_true", help="export the plain model only (tasks can be added to a running runtime)")
+    x.add_argument("--with-kv", action="store_true", help="also ship prompt-tuning tasks as KV prefixes computed by the exported model (no prefill per task)")
+    x.add_argument("--virtual-tokens", action="store_true", help="gguf: fold prompt-tuning prompts into the vocabulary as extra token ids for stock llama.cpp")
+    x.add_argument("--probes", type=int, default=8, help="parity probes per task")
+    x.add_argument("--threads", type=int)
+    x.add_argument("--overwrite", action="store_true", help="replace OUTPUT (only once the new bundle is complete)")
+    x.set_defaults(func=cmd_export)
+
+    r = sub.add_parser("run", help="run a bundle's task on a text: label and probabilities, or streamed generation (no torch)")
+    _add_runtime(r)
+    r.add_argument("--task", help="task name (default: the plain model)")
+    r.add_argument("text", help="the input text ('-' reads stdin)")
+    r.add_argument("--generate", action="store_true", help="generate even for a classification task")
+    r.add_argument("--max-new-tokens", type=int, default=64)
+    r.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    r.add_argument("--top-k", type=int, default=0)
+    r.add_argument("--top-p", type=float, default=1.0)
+    r.add_argument("--seed", type=int)
+    r.add_argument("--truncate", action="store_true", help="cut a text longer than the context instead of refusing it")
+    r.add_argument("--json", action="store_true", help="classification result as JSON")
+    r.set_defaults(func=cmd_run)
+
+    sv = sub.add_parser("serve", help="serve a bundle over HTTP JSON (/classify, /generate, /tasks, /health), one task per request")
+    _add_runtime(sv)
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 for the network)")
+    sv.add_argument("--port", type=int, default=8080)
+    sv.set_defaults(func=cmd_serve)
 
     m = sub.add_parser("models", help="list base models, or convert a GGUF to a cached transformers folder")
     msub = m.add_subparsers(dest="models_cmd", required=True)

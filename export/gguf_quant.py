@@ -28,6 +28,9 @@ def quantize(src: str | Path, dst: str | Path, quant: str, threads: int = 0) -> 
 
     import llama_cpp
 
+    from edgeprompt.runtimes.llamacpp_engine import _lib, _quiet_logs
+
+    _quiet_logs(_lib())
     if quant not in FTYPES:
         raise EdgePromptError(f"GGUF quantization {quant!r} is not supported; choose one of {', '.join(FTYPES)}.")
     params = llama_cpp.llama_model_quantize_default_params()

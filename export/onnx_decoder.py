@@ -100,7 +100,10 @@ def export_decoder(lm: FrozenLM, out_path: str | Path) -> Path:
         output_names += [N.present_key(i), N.present_value(i)]
     module = _Decoder(lm.model).eval()
     args = sample_inputs(lm)
-    with torch.no_grad():
+    import warnings
+
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*axis name.*will not be used.*")
         prog = torch.onnx.export(
             module,
             args,
@@ -113,5 +116,5 @@ def export_decoder(lm: FrozenLM, out_path: str | Path) -> Path:
             verify=False,
             external_data=True,
         )
-    prog.save(str(out_path), external_data=True)
+        prog.save(str(out_path), external_data=True)
     return out_path

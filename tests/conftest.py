@@ -102,3 +102,65 @@ def run_cli(args: list[str], env: dict | None = None, cwd: Path | None = None, c
     if check and r.returncode != 0:
         raise AssertionError(f"edgeprompt {' '.join(args)} exited {r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}")
     return r
+
+
+def make_bank(bank_dir: Path, model_dir: Path, csv_path: Path, seed: int = 0, names=("pt", "px"), P: int = 4) -> Path:
+    """A bank with a prompt-tuning task ``pt`` and a prefix-tuning task ``px`` (random prompts of a
+    realistic scale), whose data record points at ``csv_path`` so exports draw probes from it."""
+    import numpy as np
+
+    from edgeprompt.api import data_record
+    from edgeprompt.bank import PromptBank
+    from edgeprompt.data import load_dataset
+    from edgeprompt.models import FrozenLM
+    from edgeprompt.tasks import TaskSpec
+
+    if not csv_path.exists():
+        with open(csv_path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["text", "label"])
+            w.writerows(make_sentences(120))
+    lm = FrozenLM.load(model_dir)
+    info = lm.info
+    spec = TaskSpec(template="Text: {text}\nLabel:", instruction="Label the text as negative, positive.\n", labels=["negative", "positive"])
+    args = {"source": str(csv_path), "text_column": "text", "label_column": "label", "seed": 0, "dev": 10, "test": 20}
+    data = load_dataset(str(csv_path), spec=spec, text_column="text", label_column="label", seed=0, dev=10, test=20)
+    rng = np.random.default_rng(seed)
+    emb = lm.embeddings.detach().numpy()
+    bank = PromptBank(bank_dir)
+    extra = {"data": data_record(data, args)}
+    bank.add(names[0], "prompt_tuning", {"prompt_embeddings": emb[rng.integers(3, emb.shape[0], P)] + 0.5 * rng.standard_normal((P, info.hidden_size)).astype("float32")}, spec, info, extra=extra)
+    kv = rng.standard_normal((info.num_layers, 2, info.num_kv_heads, P, info.head_dim)).astype("float32")
+    bank.add(names[1], "prefix_tuning", {"kv_prefix": kv}, spec, info, extra=extra)
+    return bank_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_tied_dir(tmp_path_factory) -> Path:
+    """The tiny model with tied embeddings (like SmolLM2), for export and runtime tests."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-tied") / "model", tie=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_bank(tiny_tied_dir, tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("bank")
+    return make_bank(d / "bank", tiny_tied_dir, d / "data.csv")
+
+
+@pytest.fixture(scope="session")
+def bundle_of(tiny_tied_dir, tiny_bank, tmp_path_factory):
+    """``bundle_of(format, quant, **options)`` exports the tiny bank once per combination."""
+    from edgeprompt.export.bundle import ExportConfig, export_bundle
+
+    made: dict = {}
+    root = tmp_path_factory.mktemp("bundles")
+
+    def get(fmt: str, quant: str, **kw) -> Path:
+        key = (fmt, quant, tuple(sorted(kw.items())))
+        if key not in made:
+            out = root / f"{fmt}-{quant}-{len(made)}"
+            export_bundle(out, bank=tiny_bank, model=tiny_tied_dir, config=ExportConfig(format=fmt, quant=quant, probes_per_task=6, **kw), log=lambda s: None)
+            made[key] = out
+        return made[key]
+
+    return get
