@@ -315,7 +315,12 @@ def export_bundle(
             BundleKeys.FORMAT: BUNDLE_FORMAT,
             BundleKeys.VERSION: BUNDLE_VERSION,
             BundleKeys.BASE_MODEL: lm.info.to_dict(),
-            BundleKeys.MODEL: {ModelKeys.FORMAT: cfg.format, ModelKeys.QUANT: cfg.quant, **model_rec},
+            BundleKeys.MODEL: {
+                ModelKeys.FORMAT: cfg.format,
+                ModelKeys.QUANT: cfg.quant,
+                ModelKeys.CONTEXT_LENGTH: int(getattr(lm.model.config, "max_position_embeddings", 2048)),
+                **model_rec,
+            },
             BundleKeys.TOKENIZER: {
                 TokenizerKeys.ADD_BOS: False,
                 TokenizerKeys.BOS_ID: tk.bos_token_id,

@@ -231,11 +231,11 @@ class Runtime:
             spec = self._entry(task).task.spec
             ids = spec.encode_input(self.encode, text)
         n_ctx = self.n_ctx
-        if n_ctx is not None and P + len(ids) + reserve > n_ctx:
+        if P + len(ids) + reserve > n_ctx:
             room = n_ctx - P - reserve - (len(ids) - len(self.encode(text)) if spec else 0)
             if not truncate or room < 1:
                 raise EdgePromptError(
-                    f"the input is {len(ids)} tokens; with the task's {P}-token prefix and {reserve} tokens to generate "
+                    f"the input is {len(ids)} tokens; with the task's {P}-token prefix and {reserve} tokens for the answer "
                     f"it exceeds the context of {n_ctx}. Shorten the text, or pass truncate=True (CLI: --truncate)."
                 )
             ids = spec.encode_input(self.encode, text, max_text_tokens=room) if spec else ids[:room]
@@ -246,8 +246,9 @@ class Runtime:
         return e.prompt.shape[0] if e.prompt is not None else e.kv.shape[3]
 
     @property
-    def n_ctx(self) -> int | None:
-        return self.backend.n_ctx
+    def n_ctx(self) -> int:
+        """Positions a request may use: llama.cpp's context, or the model's trained context (ONNX)."""
+        return self.backend.n_ctx or int(self.bundle.model.get(ModelKeys.CONTEXT_LENGTH) or 2048)
 
     # -- operations -----------------------------------------------------------------------------
     def logits(self, task: str | None, text: str) -> np.ndarray:

@@ -1,0 +1,287 @@
+"""The on-device runtime: parity with torch, task swaps, the prefix cache, threads, bad input, CLI, HTTP."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeprompt.io import EdgePromptError
+
+from .conftest import REPO, build_tiny_model, make_bank, run_cli
+
+BACKENDS = [("onnx", "fp32"), ("gguf", "f32")]
+
+
+@pytest.fixture(params=BACKENDS, ids=["onnx", "llamacpp"])
+def fp32_bundle(request, bundle_of):
+    return bundle_of(*request.param)
+
+
+def test_runtime_imports_neither_torch_nor_transformers(bundle_of):
+    for fmt, q in BACKENDS:
+        code = (
+            "import sys; from edgeprompt.runtimes import open_bundle\n"
+            f"rt = open_bundle({str(bundle_of(fmt, q))!r})\n"
+            "print(rt.classify('pt', 'the day was good').label)\n"
+            "print(repr(''.join(rt.generate('pt', 'the day', max_new_tokens=3))))\n"
+            "bad = [m for m in ('torch', 'transformers', 'peft') if m in sys.modules]\n"
+            "assert not bad, bad\n"
+        )
+        r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+
+
+def test_runtime_matches_the_torch_reference(fp32_bundle):
+    """On device, against the reference logits stored in the bundle: within 1e-3, same top-1 and labels."""
+    from edgeprompt.runtimes import open_bundle
+
+    with open_bundle(fp32_bundle) as rt:
+        res = rt.check_parity()
+    assert "pt" in res and "" in res
+    for task, r in res.items():
+        assert r.max_abs_logit_diff <= 1e-3 and r.top1_agreement == 1.0, (task, r)
+        if r.label_agreement is not None:
+            assert r.label_agreement == 1.0
+
+
+def test_classify_equals_torch_scoring(bundle_of, tiny_tied_dir, tiny_bank):
+    """Label log-probs of the runtime = the training library's label_logprobs, for both methods."""
+    import torch
+
+    from edgeprompt.api import task_kv
+    from edgeprompt.bank import PromptBank
+    from edgeprompt.batching import Encoder
+    from edgeprompt.data import Example
+    from edgeprompt.evaluation import label_logprobs
+    from edgeprompt.models import FrozenLM
+    from edgeprompt.runtimes import open_bundle
+
+    lm = FrozenLM.load(tiny_tied_dir)
+    texts = ["the movie was good", "awful service today", "my day was fine and happy"]
+    with open_bundle(bundle_of("onnx", "fp32")) as rt:
+        for name in ("pt", "px"):
+            task = PromptBank(tiny_bank).task(name)
+            enc = Encoder(lm, task.spec, max_length=96)
+            with torch.no_grad():
+                ref = label_logprobs(lm, task_kv(lm, task), enc, [Example(t, "negative") for t in texts])
+            got = np.array([[rt.classify(name, t).logprobs[lab] for lab in task.spec.labels] for t in texts])
+            np.testing.assert_allclose(got, ref, atol=1e-3)
+
+
+def test_plain_model_equals_stock_llama_cpp_on_the_same_file(bundle_of):
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from edgeprompt.runtimes import open_bundle
+
+    b = bundle_of("gguf", "q8_0")
+    with open_bundle(b) as rt:
+        ids = rt.encode("the movie was really good today")
+        ours = rt.logits(None, "the movie was really good today")
+    llm = llama_cpp.Llama(model_path=str(b / "model/model.gguf"), n_ctx=2048, n_threads=1, logits_all=True, verbose=False)
+    assert llm.tokenize(b"the movie was really good today", add_bos=False, special=False) == ids
+    llm.eval(ids)
+    np.testing.assert_allclose(np.array(llm.scores[llm.n_tokens - 1]), ours, atol=1e-4)
+    llm.close()
+
+
+def test_greedy_generation_equals_torch(bundle_of, tiny_tied_dir, tiny_bank):
+    import torch
+
+    from edgeprompt.api import task_kv
+    from edgeprompt.bank import PromptBank
+    from edgeprompt.models import FrozenLM
+    from edgeprompt.prefix import full_logits
+    from edgeprompt.runtimes import open_bundle
+
+    lm = FrozenLM.load(tiny_tied_dir)
+    task = PromptBank(tiny_bank).task("pt")
+    kv = task_kv(lm, task)
+    ids = task.spec.encode_input(lm.encode, "the food was")
+    want = []
+    with torch.no_grad():
+        for _ in range(8):
+            x = torch.tensor([ids + want])
+            want.append(int(full_logits(lm, kv, x, torch.ones_like(x))[0, -1].argmax()))
+    with open_bundle(bundle_of("onnx", "fp32")) as rt:
+        rt.eos_token_id = None  # compare all 8 steps even if EOS comes up
+        pieces = list(rt.generate("pt", "the food was", max_new_tokens=8))
+        assert "".join(pieces) == rt.decode(want)
+        assert rt.generate("pt", "the food was", max_new_tokens=8, stream=False) == "".join(pieces)
+
+
+def test_prefix_cache_cold_then_warm_and_lru(fp32_bundle):
+    from edgeprompt.runtimes import open_bundle
+
+    with open_bundle(fp32_bundle) as rt:
+        cold = rt.logits("pt", "nice day")
+        s = rt.cache.stats
+        assert (s.misses, s.hits, s.entries) == (1, 0, 1)
+        warm = rt.logits("pt", "nice day")
+        assert (s.misses, s.hits) == (1, 1)
+        np.testing.assert_array_equal(cold, warm)
+        one = s.bytes
+        assert one > 0
+    # a budget of one entry: the least recently used task is evicted
+    with open_bundle(fp32_bundle, cache_mb=1.5 * one / 2**20) as rt:
+        tasks = [t for t in rt.tasks if rt.supports(t)]
+        rt.logits("pt", "x")
+        if "px" in tasks:
+            rt.logits("px", "x")
+            assert rt.cache.keys() == ["px"] and rt.cache.stats.evictions == 1
+    # an entry larger than the whole budget is not kept, and the answer is the same
+    with open_bundle(fp32_bundle, cache_mb=0.5 * one / 2**20) as rt:
+        np.testing.assert_array_equal(rt.logits("pt", "nice day"), cold)
+        assert rt.cache.keys() == []
+
+
+def test_threads_with_mixed_tasks_equal_sequential(fp32_bundle):
+    from edgeprompt.runtimes import open_bundle
+
+    texts = ["good food", "awful day", "the movie was fine", "sad and angry", "love it", "worst service"]
+    with open_bundle(fp32_bundle, cache_mb=0.001) as rt:  # no caching: every request prefills, to stress it
+        tasks = [t for t in rt.tasks if rt.supports(t)] + [None]
+        reqs = [(tasks[i % len(tasks)], texts[i % len(texts)], i % 3 == 0) for i in range(24)]
+
+        def run(req):
+            task, text, gen = req
+            if gen or task is None:
+                return "".join(rt.generate(task, text, max_new_tokens=4))
+            return rt.classify(task, text).logprobs
+
+        seq = [run(r) for r in reqs]
+        with ThreadPoolExecutor(max_workers=4) as ex:
+            par = list(ex.map(run, reqs))
+    assert par == seq
+
+
+def test_add_task_to_a_running_runtime(bundle_of, tiny_tied_dir, tmp_path):
+    from edgeprompt.runtimes import open_bundle
+
+    other = make_bank(tmp_path / "bank2", tiny_tied_dir, tmp_path / "d.csv", seed=7, names=("new-pt", "new-px"))
+    with open_bundle(bundle_of("onnx", "fp32")) as rt:
+        engine = rt.backend.engine
+        assert rt.add_task(other, name="new-pt") == "new-pt"
+        assert rt.add_task(other / "tasks" / "new-px") == "new-px"
+        assert {"new-pt", "new-px"} <= set(rt.tasks) and rt.backend.engine is engine  # no model reload
+        a = rt.classify("new-pt", "good day")
+        assert a.label in ("negative", "positive") and abs(sum(a.probabilities.values()) - 1) < 1e-9
+    with open_bundle(bundle_of("gguf", "f32")) as rt:
+        with pytest.raises(EdgePromptError, match="backend='onnx'"):
+            rt.add_task(other, name="new-px")
+
+
+def test_add_task_of_another_model_refused(bundle_of, tmp_path):
+    from edgeprompt.runtimes import open_bundle
+
+    m2 = build_tiny_model(tmp_path / "m2", tie=True, seed=3)
+    other = make_bank(tmp_path / "bank", m2, tmp_path / "d.csv")
+    with open_bundle(bundle_of("onnx", "fp32")) as rt:
+        with pytest.raises(EdgePromptError, match="fingerprint"):
+            rt.add_task(other, name="pt")
+
+
+def test_bad_requests(fp32_bundle):
+    from edgeprompt.runtimes import open_bundle
+
+    with open_bundle(fp32_bundle, n_ctx=256) as rt:
+        with pytest.raises(EdgePromptError, match=r"unknown task 'nope'; this runtime has: pt, px"):
+            rt.classify("nope", "x")
+        long = " ".join(["good"] * 400)
+        if True:
+            with pytest.raises(EdgePromptError, match=f"exceeds the context of {rt.n_ctx}.*truncate"):
+                rt.classify("pt", long)
+            assert rt.classify("pt", long, truncate=True).label in ("negative", "positive")
+            assert len(rt.generate("pt", long, max_new_tokens=4, truncate=True, stream=False)) >= 0
+        if not rt.supports("px"):
+            with pytest.raises(EdgePromptError, match="llama.cpp takes a KV cache only through"):
+                rt.classify("px", "x")
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "missing"])
+def test_damaged_model_file_refused_at_open_naming_it(bundle_of, tmp_path, damage):
+    from edgeprompt.runtimes import open_bundle
+
+    for fmt, q in BACKENDS:
+        b = tmp_path / f"{fmt}-{damage}"
+        shutil.copytree(bundle_of(fmt, q), b)
+        f = b / ("model/decoder.onnx.data" if fmt == "onnx" else "model/model.gguf")
+        data = bytearray(f.read_bytes())
+        if damage == "flip":
+            data[len(data) // 2] ^= 0xFF
+            f.write_bytes(bytes(data))
+        elif damage == "truncate":
+            f.write_bytes(bytes(data[: len(data) // 2]))
+        else:
+            f.unlink()
+        with pytest.raises(EdgePromptError, match=f.name):
+            open_bundle(b)
+
+
+def test_bundle_for_another_base_model_refused(bundle_of, tmp_path):
+    from edgeprompt.runtimes import open_bundle
+
+    b = tmp_path / "b"
+    shutil.copytree(bundle_of("onnx", "fp32"), b)
+    m = json.loads((b / "manifest.json").read_text())
+    m["base_model"]["fingerprint"] = "0" * 64
+    (b / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(EdgePromptError, match="fingerprint 0000000000000000"):
+        open_bundle(b)
+
+
+def test_cli_run_classifies_and_generates(bundle_of, env):
+    b = str(bundle_of("onnx", "fp32"))
+    r = run_cli(["run", b, "--task", "pt", "the movie was good", "--json"], env=env)
+    out = json.loads(r.stdout)
+    assert out["label"] in ("negative", "positive") and set(out["probabilities"]) == {"negative", "positive"}
+    r = run_cli(["run", b, "--task", "pt", "the movie was good"], env=env)
+    assert r.stdout.split("\t")[0] == out["label"]
+    r = run_cli(["run", b, "the movie", "--max-new-tokens", "3"], env=env)
+    assert r.returncode == 0
+    r = run_cli(["run", b, "--task", "zzz", "x"], env=env, check=False)
+    assert r.returncode == 2 and "this runtime has: pt, px" in r.stderr
+
+
+def test_http_server(bundle_of):
+    from edgeprompt.runtimes import open_bundle
+    from edgeprompt.runtimes.server import make_server
+
+    rt = open_bundle(bundle_of("onnx", "fp32"))
+    srv = make_server(rt, "127.0.0.1", 0)
+    th = threading.Thread(target=srv.serve_forever, daemon=True)
+    th.start()
+    base = f"http://127.0.0.1:{srv.server_address[1]}"
+
+    def post(path, obj):
+        req = urllib.request.Request(base + path, data=json.dumps(obj).encode(), headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.read().decode()
+
+    try:
+        assert srv.server_address[0] == "127.0.0.1"
+        tasks = json.loads(urllib.request.urlopen(base + "/tasks", timeout=30).read())
+        assert [t["name"] for t in tasks["tasks"]] == ["pt", "px"]
+        got = json.loads(post("/classify", {"task": "px", "text": "awful day"}))
+        assert got == rt.classify("px", "awful day").to_dict()
+        text = json.loads(post("/generate", {"task": "pt", "text": "the day", "max_new_tokens": 5}))["text"]
+        lines = [json.loads(x) for x in post("/generate", {"task": "pt", "text": "the day", "max_new_tokens": 5, "stream": True}).splitlines()]
+        assert lines[-1] == {"done": True} and "".join(x["piece"] for x in lines[:-1]) == text
+        with pytest.raises(urllib.error.HTTPError) as e:
+            post("/classify", {"task": "nope", "text": "x"})
+        assert e.value.code == 400 and "this runtime has: pt, px" in json.loads(e.value.read())["error"]
+        with pytest.raises(urllib.error.HTTPError) as e:
+            post("/classify", {"task": "pt"})
+        assert e.value.code == 400
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        rt.close()
