@@ -51,6 +51,7 @@ def train_task(
     resume: bool = False,
     progress: bool = True,
     evaluate_test: bool = True,
+    against: dict | None = None,
 ) -> tuple[BankTask, dict]:
     """Train, fold into ``bank`` as ``name``, then measure the test split against zero-shot."""
     check_task_name(name)
@@ -78,6 +79,8 @@ def train_task(
     }
     metrics = {"dev": result.best_dev}
     extra = {TaskKeys.SOURCE: "edgeprompt", TaskKeys.TRAINING: training, TaskKeys.DATA: data_record(data, load_args), TaskKeys.METRICS: metrics}
+    if against:
+        extra[TaskKeys.TRAINED_AGAINST] = against
     task = bank.add(name, spec_m.name, tensors, data.spec, lm.info, extra=extra, overwrite=True)
     shutil.rmtree(ckpt, ignore_errors=True)
     summary: dict[str, Any] = {"task": name, "method": spec_m.name, "wall_time_s": training["wall_time_s"], "dev": result.best_dev}

@@ -127,9 +127,16 @@ def cmd_train(args) -> int:
     print(f"data: {data.name}: {len(data.train)} train / {len(data.dev)} dev / {len(data.test)} test", file=sys.stderr)
     lm = FrozenLM.load(args.model)
     print(f"model: {lm.info.name} (fingerprint {lm.info.fingerprint[:16]})", file=sys.stderr)
+    against = None
+    if args.against:
+        from edgeprompt.export.against import load_against
+
+        against = load_against(lm, args.against)
+        print(f"training against {args.against}: {against['format']} {against['quant']} weights, dequantized", file=sys.stderr)
     task, summary = train_task(
         lm, data, load_args, spec_m.name, method_config, tcfg, bank, name,
         overwrite=args.overwrite, resume=args.resume, progress=not args.quiet, evaluate_test=not args.no_test,
+        against=against,
     )
     print(f"saved task {name!r} ({spec_m.name}, P={task.num_virtual_tokens}) to bank {bank.root} after {summary['wall_time_s']:.0f} s of training")
     if "reports" in summary:
@@ -358,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--checkpoint-every", type=int, default=50)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    t.add_argument("--against", metavar="BUNDLE", help="train against a GGUF bundle's quantized weights (dequantized), so the prompt compensates for the quantization error")
     t.add_argument("--resume", action="store_true", help="continue an interrupted run of --name from its checkpoint")
     t.add_argument("--overwrite", action="store_true", help="replace a task of the same name")
     t.add_argument("--no-test", action="store_true", help="skip the test-split evaluation")

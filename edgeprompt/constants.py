@@ -99,6 +99,7 @@ class TaskKeys:
     DATA = "data"  # source, split sizes and the sha256 of the training split
     CREATED = "created"
     SOURCE = "source"  # "edgeprompt" or "peft"
+    TRAINED_AGAINST = "trained_against"  # train --against BUNDLE: {bundle, format, quant, model_sha256}
 
 
 class OnnxNames:

@@ -214,3 +214,48 @@ def test_parity_compare_counts_disagreements():
     r = compare(ref, cand, [Probe("t", "a", "y"), Probe("t", "b", "x")], {"t": (["x", "y"], [1, 2])}, max_abs=1e-3)["t"]
     assert r.max_abs_logit_diff == 2.0 and r.top1_agreement == 0.5 and r.label_agreement == 0.5
     assert r.accuracy_reference == 1.0 and r.accuracy_export == 0.5 and r.passed is False
+
+
+def test_against_f32_bundle_reproduces_the_model_and_q8_matches_llama_cpp(bundle_of, tiny_tied_dir):
+    """Dequantized GGUF weights back in torch: the f32 bundle gives the model itself; the q8_0 bundle
+    gives logits close to llama.cpp running that bundle (llama.cpp also rounds activations)."""
+    import torch
+
+    from edgeprompt.export.against import load_against
+    from edgeprompt.models import FrozenLM
+    from edgeprompt.runtimes import open_bundle
+
+    base = FrozenLM.load(tiny_tied_dir)
+    x = torch.tensor([base.encode("the movie was really good")])
+    with torch.no_grad():
+        want = base.model(x).logits[0, -1].numpy()
+    lm = FrozenLM.load(tiny_tied_dir)
+    rec = load_against(lm, bundle_of("gguf", "f32"))
+    assert rec["quant"] == "f32" and lm.info == base.info
+    with torch.no_grad():
+        np.testing.assert_allclose(lm.model(x).logits[0, -1].numpy(), want, atol=1e-6)
+    lm = FrozenLM.load(tiny_tied_dir)
+    load_against(lm, bundle_of("gguf", "q8_0"))
+    with torch.no_grad():
+        got = lm.model(x).logits[0, -1].numpy()
+    with open_bundle(bundle_of("gguf", "q8_0")) as rt:
+        deployed = rt.logits(None, "the movie was really good")
+    assert np.abs(got - want).max() > 1e-4  # the weights did change
+    assert np.abs(got - deployed).max() < np.abs(want - deployed).max()  # closer to what runs on device
+
+
+def test_against_refuses_onnx_bundles(bundle_of, tiny_tied_dir):
+    from edgeprompt.export.against import load_against
+    from edgeprompt.models import FrozenLM
+
+    with pytest.raises(EdgePromptError, match="--format gguf"):
+        load_against(FrozenLM.load(tiny_tied_dir), bundle_of("onnx", "fp32"))
+
+
+def test_cli_train_against_a_bundle_records_it(bundle_of, tiny_tied_dir, tiny_csv, tmp_path, env):
+    b = bundle_of("gguf", "q4_0")
+    bank = tmp_path / "bank"
+    run_cli(["train", "--model", str(tiny_tied_dir), "--bank", str(bank), "--data", str(tiny_csv), "--name", "qa", "--steps", "3",
+             "--batch-size", "4", "-P", "2", "--max-length", "48", "--quiet", "--no-test", "--against", str(b)], env)
+    man = json.loads((bank / "tasks" / "qa" / "manifest.json").read_text())
+    assert man["trained_against"]["quant"] == "q4_0" and man["trained_against"]["model_sha256"] == file_sha256(b / "model/model.gguf")
