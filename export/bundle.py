@@ -366,8 +366,8 @@ def export_bundle(
                         task_recs[t.name]["forms"][TaskForm.KV_PREFIX.value] = {"file": rel, "bytes": int(kv.nbytes)}
                     else:
                         rel = f"{BUNDLE_KV_DIR}/{t.name}{LLAMA_STATE_SUFFIX}"
-                        atomic_write_bytes(tmp / rel, p.data)
-                        task_recs[t.name]["forms"][TaskForm.LLAMA_STATE.value] = {"file": rel, "bytes": len(p.data)}
+                        atomic_write_bytes(tmp / rel, bytes(p.data))
+                        task_recs[t.name]["forms"][TaskForm.LLAMA_STATE.value] = {"file": rel, "bytes": p.nbytes}
         finally:
             rt.close()
         timings["parity_s"] = round(time.perf_counter() - t2, 1)

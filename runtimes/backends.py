@@ -70,7 +70,8 @@ class _OnnxSequence:
         return logits
 
     def feed_ids(self, ids: Sequence[int]) -> np.ndarray:
-        return self.feed_embeds(self.engine.embed(ids))
+        logits, self.state = self.engine.forward_ids(ids, self.state)
+        return logits
 
     def snapshot(self) -> Prefix:
         return Prefix(self.length, self.engine.state_bytes(self.state), self.state)
@@ -94,7 +95,9 @@ class LlamaCppBackend:
         )
 
     def prefix_from_blob(self, blob: bytes, length: int) -> Prefix:
-        return Prefix(length, len(blob), blob)
+        import ctypes
+
+        return Prefix(length, len(blob), (ctypes.c_uint8 * len(blob)).from_buffer_copy(blob))
 
     def sequence(self, prefix: Prefix | None = None) -> "_LlamaSequence":
         return _LlamaSequence(self.engine, prefix)

@@ -185,17 +185,17 @@ class LlamaCppEngine:
         return logits
 
     # -- state ----------------------------------------------------------------------------------
-    def save_state(self) -> bytes:
-        """Sequence 0's KV cells as a blob (``llama_state_seq_get_data``)."""
+    def save_state(self) -> ctypes.Array:
+        """Sequence 0's KV cells as a blob (``llama_state_seq_get_data``); ``bytes(blob)`` to store it."""
         lib = self._lib
         size = lib.llama_state_seq_get_size(self._ctx, 0)
         buf = (ctypes.c_uint8 * size)()
         n = lib.llama_state_seq_get_data(self._ctx, buf, size, 0)
         if n != size:
             raise EdgePromptError(f"llama_state_seq_get_data wrote {n} of {size} bytes.")
-        return bytes(buf)
+        return buf
 
-    def load_state(self, blob: bytes, n_past: int) -> None:
+    def load_state(self, blob: bytes | ctypes.Array, n_past: int) -> None:
         """Replace sequence 0 with a blob from :meth:`save_state` holding ``n_past`` positions."""
         lib = self._lib
         lib.llama_memory_clear(self._mem, True)

@@ -29,7 +29,7 @@ class OnnxEngine:
     >>> logits, state = eng.forward(eng.embed([12, 7]), eng.empty_state())        # [V], 2L x [1,h,2,hd]
     """
 
-    def __init__(self, model_path: str | Path, embeddings_path: str | Path, threads: int | None = None):
+    def __init__(self, model_path: str | Path, embeddings_path: str | Path | None, threads: int | None = None):
         try:
             import onnxruntime as ort
         except ImportError:
@@ -44,15 +44,26 @@ class OnnxEngine:
             self.session = ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
         except Exception as e:
             raise EdgePromptError(f"ONNX Runtime could not load {model_path}: {e}") from None
-        self.embeddings = read_safetensors(embeddings_path, "embedding table")[TENSOR_EMBEDDINGS]
-        if self.embeddings.dtype != np.float32:
-            self.embeddings = self.embeddings.astype(np.float32)
         N = OnnxNames
         names = [i.name for i in self.session.get_inputs()]
+        # Our graphs take inputs_embeds; a stock optimum export takes input_ids (token ids only:
+        # no soft prompt as embeddings, but KV prefixes still work). Both run here.
+        self.takes_ids = N.INPUTS_EMBEDS not in names and "input_ids" in names
+        self.takes_position_ids = N.POSITION_IDS in names
+        if embeddings_path is not None:
+            self.embeddings = read_safetensors(embeddings_path, "embedding table")[TENSOR_EMBEDDINGS]
+            if self.embeddings.dtype != np.float32:
+                self.embeddings = self.embeddings.astype(np.float32)
+            self.vocab_size, self.hidden_size = self.embeddings.shape
+        elif self.takes_ids:
+            self.embeddings = None
+            self.vocab_size = int(self.session.get_outputs()[0].shape[-1])
+            self.hidden_size = None
+        else:
+            raise EdgePromptError(f"{model_path} takes inputs_embeds: the embedding table is needed too.")
         self.num_layers = sum(1 for n in names if n.startswith("past_key_values.") and n.endswith(".key"))
         shape = self.session.get_inputs()[names.index(N.past_key(0))].shape  # [batch, h, past, hd]
         self.num_kv_heads, self.head_dim = int(shape[1]), int(shape[3])
-        self.vocab_size, self.hidden_size = self.embeddings.shape
         self._past_names = [n for i in range(self.num_layers) for n in (N.past_key(i), N.past_value(i))]
         self._out_names = [N.LOGITS] + [n for i in range(self.num_layers) for n in (N.present_key(i), N.present_value(i))]
 
@@ -83,16 +94,26 @@ class OnnxEngine:
 
     def forward(self, embeds: np.ndarray, state: State) -> tuple[np.ndarray, State]:
         """Run ``embeds [T, d]`` after ``state``; return the last position's logits ``[V]`` and the new state."""
-        T = embeds.shape[0]
+        if self.takes_ids:
+            raise EdgePromptError("this ONNX graph takes token ids only (a stock optimum export): soft prompts need an edgeprompt export.")
+        return self._run(OnnxNames.INPUTS_EMBEDS, np.ascontiguousarray(embeds, dtype=np.float32)[None], state)
+
+    def forward_ids(self, ids: Sequence[int], state: State) -> tuple[np.ndarray, State]:
+        """Run token ids ``[T]`` after ``state`` (an embedding lookup, or the graph's own)."""
+        if self.takes_ids:
+            return self._run("input_ids", np.asarray(ids, dtype=np.int64)[None], state)
+        return self.forward(self.embed(ids), state)
+
+    def _run(self, name: str, x: np.ndarray, state: State) -> tuple[np.ndarray, State]:
+        T = x.shape[1]
         past = self.state_length(state)
-        feed = {
-            OnnxNames.INPUTS_EMBEDS: np.ascontiguousarray(embeds, dtype=np.float32)[None],
-            OnnxNames.ATTENTION_MASK: np.ones((1, past + T), dtype=np.int64),
-            OnnxNames.POSITION_IDS: np.arange(past, past + T, dtype=np.int64)[None],
-        }
+        feed = {name: x, OnnxNames.ATTENTION_MASK: np.ones((1, past + T), dtype=np.int64)}
+        if self.takes_position_ids:
+            feed[OnnxNames.POSITION_IDS] = np.arange(past, past + T, dtype=np.int64)[None]
         feed.update(zip(self._past_names, state))
         out = self.session.run(self._out_names, feed)
-        return out[0][0], out[1:]
+        logits = out[0]
+        return (logits[0, -1] if logits.ndim == 3 else logits[0]), out[1:]
 
 
 def default_threads() -> int:

@@ -130,7 +130,9 @@ class Runtime:
         self._tasks_lock = threading.Lock()
         tk = bundle.tokenizer
         self.eos_token_id = tk.get("eos_token_id")
-        self.logit_mask = np.array(bundle.model.get(ModelKeys.LOGIT_MASK, []), dtype=np.int64)
+        # The model file may have more rows than the base vocabulary (a GGUF with virtual tokens):
+        # those ids are never predicted, so logits are cut to the base vocabulary everywhere.
+        self.vocab_size = bundle.base_model.vocab_size
         bank = bundle.bank
         for t in bank.tasks() if bank.exists else []:
             self._register(t, bundle.path)
@@ -255,7 +257,7 @@ class Runtime:
         """Next-token logits ``[V]`` after the (templated) text: the parity gate's quantity."""
         ids = self.input_ids(task, text)
         with self.backend.sequence(self.prefix(task)) as seq:
-            return seq.feed_ids(ids)
+            return seq.feed_ids(ids)[: self.vocab_size]
 
     def classify(self, task: str, text: str, truncate: bool = False) -> Classification:
         """Label and probabilities: log p(verbalizer | prompt, input) for each label."""
@@ -269,7 +271,7 @@ class Runtime:
         ids = self.input_ids(task, text, reserve=max(len(v) for v in verbs), truncate=truncate)
         scores = np.zeros(len(verbs))
         with self.backend.sequence(self.prefix(task)) as seq:
-            first = _log_softmax(seq.feed_ids(ids))
+            first = _log_softmax(seq.feed_ids(ids)[: self.vocab_size])
             if all(len(v) == 1 for v in verbs):
                 scores = np.array([first[v[0]] for v in verbs])
             else:
@@ -279,7 +281,7 @@ class Runtime:
                 s = first[v[0]]
                 with self.backend.sequence(after_input) as seq2:
                     for a, b in zip(v[:-1], v[1:]):
-                        s += _log_softmax(seq2.feed_ids([a]))[b]
+                        s += _log_softmax(seq2.feed_ids([a])[: self.vocab_size])[b]
                 scores[k] = s
         probs = np.exp(scores - scores.max())
         probs /= probs.sum()
@@ -320,7 +322,7 @@ class Runtime:
         with self.backend.sequence(self.prefix(task)) as seq:
             logits = seq.feed_ids(ids)
             for _ in range(max_new_tokens):
-                tok = _sample(self._masked(logits), temperature, top_k, top_p, rng)
+                tok = _sample(logits[: self.vocab_size], temperature, top_k, top_p, rng)
                 if self.eos_token_id is not None and tok == self.eos_token_id:
                     break
                 out.append(tok)
@@ -340,12 +342,6 @@ class Runtime:
                 if len(out) == max_new_tokens:
                     break
                 logits = seq.feed_ids([tok])
-
-    def _masked(self, logits: np.ndarray) -> np.ndarray:
-        if self.logit_mask.size:
-            logits = logits.copy()
-            logits[self.logit_mask[self.logit_mask < logits.shape[0]]] = -np.inf
-        return logits
 
     # -- parity ---------------------------------------------------------------------------------
     def label_ids(self) -> dict[str, tuple[list[str], list[int]]]:
