@@ -116,11 +116,15 @@ class _LlamaSequence:
 
     def __enter__(self):
         self.engine.lock.acquire()
+        try:
+            if self.prefix is None:
+                self.engine.reset()
+            else:
+                self.engine.load_state(self.prefix.data, self.prefix.length)
+        except BaseException:
+            self.engine.lock.release()
+            raise
         self._held = True
-        if self.prefix is None:
-            self.engine.reset()
-        else:
-            self.engine.load_state(self.prefix.data, self.prefix.length)
         return self
 
     def __exit__(self, *exc):

@@ -234,7 +234,8 @@ class Runtime:
             ids = spec.encode_input(self.encode, text)
         n_ctx = self.n_ctx
         if P + len(ids) + reserve > n_ctx:
-            room = n_ctx - P - reserve - (len(ids) - len(self.encode(text)) if spec else 0)
+            fixed = len(spec.encode_input(self.encode, text, max_text_tokens=0)) if spec else 0
+            room = n_ctx - P - reserve - fixed
             if not truncate or room < 1:
                 raise EdgePromptError(
                     f"the input is {len(ids)} tokens; with the task's {P}-token prefix and {reserve} tokens for the answer "

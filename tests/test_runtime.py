@@ -200,6 +200,7 @@ def test_bad_requests(fp32_bundle):
             with pytest.raises(EdgePromptError, match=f"exceeds the context of {rt.n_ctx}.*truncate"):
                 rt.classify("pt", long)
             assert rt.classify("pt", long, truncate=True).label in ("negative", "positive")
+            assert rt.n_ctx - 8 - 4 - 3 < len(rt.input_ids("pt", long, reserve=8, truncate=True)) + 4 + 8 <= rt.n_ctx  # cut to fit, not more
             assert len(rt.generate("pt", long, max_new_tokens=4, truncate=True, stream=False)) >= 0
         if not rt.supports("px"):
             with pytest.raises(EdgePromptError, match="llama.cpp takes a KV cache only through"):
