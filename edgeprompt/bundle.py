@@ -23,6 +23,12 @@ from .constants import (
     BUNDLE_TOKENIZER_FILE,
     BUNDLE_VERSION,
     PROBES_FILE,
+    TASK_MANIFEST_FILE,
+    TASKS_DIR,
+    FileKeys,
+    ParityKeys,
+    TaskFormKeys,
+    TaskRecordKeys,
     PROBES_REFERENCE_FILE,
     TENSOR_REFERENCE_LOGITS,
     BundleKeys,
@@ -61,18 +67,35 @@ class Bundle:
         return b
 
     def verify_files(self, hashes: bool = True) -> None:
-        """Check every file the manifest lists: present, the recorded size, the recorded sha256."""
-        for rel, rec in self.manifest.get(BundleKeys.FILES, {}).items():
+        """Check every file the manifest lists: present, the recorded size, the recorded sha256.
+
+        The files a runtime reads (model, embeddings, tokenizer, every task's tensors and shipped
+        KV) must all be listed: a manifest that leaves one out is refused, not trusted.
+        """
+        files = self.manifest.get(BundleKeys.FILES) or {}
+        needed = [self.model[ModelKeys.FILE], BUNDLE_TOKENIZER_FILE]
+        if ModelKeys.EMBEDDINGS in self.model:
+            needed.append(self.model[ModelKeys.EMBEDDINGS])
+        for name, rec in self.tasks.items():
+            needed += [f[TaskFormKeys.FILE] for f in rec.get(TaskRecordKeys.FORMS, {}).values() if TaskFormKeys.FILE in f]
+            needed.append(f"{BUNDLE_BANK_DIR}/{TASKS_DIR}/{name}/{TASK_MANIFEST_FILE}")
+        unlisted = [f for f in needed if f not in files]
+        if unlisted:
+            raise EdgePromptError(
+                f"bundle {self.path}: the manifest does not list {', '.join(unlisted)} among its checked files; "
+                "the bundle is incomplete or was edited: re-export it."
+            )
+        for rel, rec in files.items():
             f = self.path / rel
             if not f.exists():
                 raise EdgePromptError(f"bundle {self.path}: file {rel} is missing; re-export the bundle.")
             size = f.stat().st_size
-            if size != rec["bytes"]:
+            if size != rec[FileKeys.BYTES]:
                 raise EdgePromptError(
-                    f"bundle {self.path}: file {rel} has {size:,} bytes, the manifest says {rec['bytes']:,} "
+                    f"bundle {self.path}: file {rel} has {size:,} bytes, the manifest says {rec[FileKeys.BYTES]:,} "
                     "(truncated or replaced); re-export or re-copy the bundle."
                 )
-            if hashes and file_sha256(f) != rec["sha256"]:
+            if hashes and file_sha256(f) != rec[FileKeys.SHA256]:
                 raise EdgePromptError(f"bundle {self.path}: file {rel} does not match its sha256 in the manifest (corrupted); re-copy the bundle.")
 
     @property
@@ -115,7 +138,8 @@ class Bundle:
         return self.manifest.get(BundleKeys.TOKENIZER, {})
 
     def parity(self) -> dict[str, ParityResult]:
-        return {t: ParityResult.from_dict(d) for t, d in self.manifest.get(BundleKeys.PARITY, {}).items()}
+        """The parity results recorded at export (tasks the backend could not run are left out)."""
+        return {t: ParityResult.from_dict(d) for t, d in self.manifest.get(BundleKeys.PARITY, {}).items() if ParityKeys.SKIPPED not in d}
 
     def probes(self) -> tuple[list[Probe], np.ndarray]:
         """The probe set and the torch fp32 reference logits ``[N, V]`` stored at export."""

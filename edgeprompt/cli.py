@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Sequence
 
-from .constants import BANK_ENV, DEFAULT_MODEL, TaskKeys, TaskKind
+from .constants import BANK_ENV, DEFAULT_MODEL, BundleKeys, FileKeys, ParityKeys, TaskKeys, TaskKind
 from .io import EdgePromptError, TrainingInterrupted
 
 
@@ -260,13 +260,13 @@ def cmd_export(args) -> int:
     bank = None if args.no_bank else args.bank
     res = export_bundle(args.output, bank=bank, model=args.model, config=cfg, overwrite=args.overwrite, log=lambda s: print(s, file=sys.stderr))
     m = res.manifest
-    size = sum(f["bytes"] for f in m["files"].values())
+    size = sum(f[FileKeys.BYTES] for f in m[BundleKeys.FILES].values())
     print(f"bundle {res.path}: {cfg.format} {cfg.quant}, {len(m['tasks'])} task(s), {size / 2**20:.1f} MiB, {res.timings['total_s']} s")
     print(f"tensor types written: {m['model']['tensor_types']}")
     for task, r in m["parity"].items():
         name = task or "(plain model)"
-        if "skipped" in r:
-            print(f"  parity {name}: skipped ({r['skipped']})")
+        if ParityKeys.SKIPPED in r:
+            print(f"  parity {name}: skipped ({r[ParityKeys.SKIPPED]})")
             continue
         acc = "" if r["accuracy_reference"] is None else f", accuracy {r['accuracy_reference']:.2f} -> {r['accuracy_export']:.2f}"
         print(f"  parity {name}: max |dlogit| {r['max_abs_logit_diff']:.2e}, top-1 agreement {r['top1_agreement']:.0%}{acc} ({r['probes']} probes)")

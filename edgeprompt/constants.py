@@ -220,6 +220,25 @@ class TaskForm(str, Enum):
     VIRTUAL_TOKENS = "virtual_tokens"  # extra token ids in the GGUF's vocabulary
 
 
+class FileKeys:
+    """Each entry of ``BundleKeys.FILES``."""
+
+    SHA256 = "sha256"
+    BYTES = "bytes"
+
+
+class TaskRecordKeys:
+    """Each entry of ``BundleKeys.TASKS`` (besides TaskKeys.METHOD, KIND, NUM_VIRTUAL_TOKENS)."""
+
+    FORMS = "forms"  # {TaskForm: TaskFormKeys}
+
+
+class TaskFormKeys:
+    FILE = "file"  # relative path in the bundle
+    BYTES = "bytes"  # size of the tensor or blob
+    IDS = "ids"  # virtual token ids (TaskForm.VIRTUAL_TOKENS)
+
+
 class ParityKeys:
     PROBES = "probes"
     MAX_ABS_LOGIT_DIFF = "max_abs_logit_diff"
@@ -228,3 +247,4 @@ class ParityKeys:
     ACCURACY_EXPORT = "accuracy_export"
     LABEL_AGREEMENT = "label_agreement"
     PASSED = "passed"
+    SKIPPED = "skipped"  # instead of figures: why the backend cannot run the task

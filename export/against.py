@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeprompt.bundle import Bundle
-from edgeprompt.constants import ModelFormat
+from edgeprompt.constants import BundleKeys, FileKeys, ModelFormat, ModelKeys
 from edgeprompt.io import EdgePromptError
 
 
@@ -79,6 +79,8 @@ def load_against(lm, bundle_path: str | Path) -> dict:
 
     b = Bundle.open(bundle_path)
     lm.info.check_compatible(b.base_model, f"bundle {bundle_path}")
+    if b.model.get(ModelKeys.VIRTUAL_TOKENS):
+        raise EdgePromptError(f"{bundle_path} has virtual tokens (an untied output matrix); train against a bundle exported without --virtual-tokens.")
     if b.format != ModelFormat.GGUF:
         raise EdgePromptError(
             f"--against reads a GGUF bundle's quantized weights; {bundle_path} is {b.format.value}. "
@@ -98,4 +100,4 @@ def load_against(lm, bundle_path: str | Path) -> dict:
                 raise EdgePromptError(f"bundle {bundle_path}: tensor {k} is {list(v.shape)}, the model's is {list(own[k].shape)}.")
             own[k].copy_(torch.from_numpy(np.ascontiguousarray(v).copy()))
     return {"bundle": str(Path(bundle_path).resolve()), "format": b.format.value, "quant": b.quant,
-            "model_sha256": b.manifest["files"][b.model["file"]]["sha256"]}
+            "model_sha256": b.manifest[BundleKeys.FILES][b.model[ModelKeys.FILE]][FileKeys.SHA256]}

@@ -46,17 +46,22 @@ from edgeprompt.constants import (
     PROBES_FILE,
     PROBES_REFERENCE_FILE,
     QUANT_TYPES,
+    TASK_TENSORS_FILE,
     TASKS_DIR,
     TENSOR_EMBEDDINGS,
     TENSOR_KV_PREFIX,
     TENSOR_PROMPT_EMBEDDINGS,
     TENSOR_REFERENCE_LOGITS,
     BundleKeys,
+    FileKeys,
     Method,
     ModelFormat,
     ModelKeys,
+    ParityKeys,
     TaskForm,
+    TaskFormKeys,
     TaskKeys,
+    TaskRecordKeys,
     TaskKind,
     TokenizerKeys,
 )
@@ -305,11 +310,16 @@ def export_bundle(
                     TaskKeys.METHOD: t.method.value,
                     TaskKeys.KIND: t.spec.kind.value,
                     TaskKeys.NUM_VIRTUAL_TOKENS: t.num_virtual_tokens,
-                    "forms": {form.value: {"file": f"{BUNDLE_BANK_DIR}/{TASKS_DIR}/{t.name}/prefix.safetensors", "bytes": int(tensors[key].nbytes)}},
+                    TaskRecordKeys.FORMS: {
+                        form.value: {
+                            TaskFormKeys.FILE: f"{BUNDLE_BANK_DIR}/{TASKS_DIR}/{t.name}/{TASK_TENSORS_FILE}",
+                            TaskFormKeys.BYTES: int(tensors[key].nbytes),
+                        }
+                    },
                 }
                 vt = model_rec.get(ModelKeys.VIRTUAL_TOKENS, {}).get(t.name)
                 if vt:
-                    task_recs[t.name]["forms"][TaskForm.VIRTUAL_TOKENS.value] = {"ids": vt}
+                    task_recs[t.name][TaskRecordKeys.FORMS][TaskForm.VIRTUAL_TOKENS.value] = {TaskFormKeys.IDS: vt}
         tk = lm.tokenizer
         manifest = {
             BundleKeys.FORMAT: BUNDLE_FORMAT,
@@ -353,7 +363,7 @@ def export_bundle(
             parity = {t: r.to_dict() for t, r in results.items()}
             for t in tasks:
                 if t.name not in parity:
-                    parity[t.name] = {"skipped": f"{t.method.value} tasks do not run on the {rt.backend.name} backend"}
+                    parity[t.name] = {ParityKeys.SKIPPED: f"{t.method.value} tasks do not run on the {rt.backend.name} backend"}
             if cfg.with_kv:
                 for t in tasks:
                     if t.method != Method.PROMPT_TUNING:
@@ -363,11 +373,11 @@ def export_bundle(
                         rel = f"{BUNDLE_KV_DIR}/{t.name}.safetensors"
                         kv = rt.backend.engine.state_to_kv(p.data)
                         atomic_write_safetensors(tmp / rel, {TENSOR_KV_PREFIX: kv})
-                        task_recs[t.name]["forms"][TaskForm.KV_PREFIX.value] = {"file": rel, "bytes": int(kv.nbytes)}
+                        task_recs[t.name][TaskRecordKeys.FORMS][TaskForm.KV_PREFIX.value] = {TaskFormKeys.FILE: rel, TaskFormKeys.BYTES: int(kv.nbytes)}
                     else:
                         rel = f"{BUNDLE_KV_DIR}/{t.name}{LLAMA_STATE_SUFFIX}"
                         atomic_write_bytes(tmp / rel, bytes(p.data))
-                        task_recs[t.name]["forms"][TaskForm.LLAMA_STATE.value] = {"file": rel, "bytes": p.nbytes}
+                        task_recs[t.name][TaskRecordKeys.FORMS][TaskForm.LLAMA_STATE.value] = {TaskFormKeys.FILE: rel, TaskFormKeys.BYTES: p.nbytes}
         finally:
             rt.close()
         timings["parity_s"] = round(time.perf_counter() - t2, 1)
@@ -379,9 +389,9 @@ def export_bundle(
             raise EdgePromptError("simulated failure after the parity gate (test hook).")
         files = {}
         for f in sorted(tmp.rglob("*")):
-            if f.is_file() and f.name != BUNDLE_MANIFEST_FILE and not f.name.startswith("."):
-                rel = f.relative_to(tmp).as_posix()
-                files[rel] = {"sha256": file_sha256(f), "bytes": f.stat().st_size}
+            rel = f.relative_to(tmp).as_posix()
+            if f.is_file() and rel != BUNDLE_MANIFEST_FILE and not f.name.startswith("."):
+                files[rel] = {FileKeys.SHA256: file_sha256(f), FileKeys.BYTES: f.stat().st_size}
         timings["total_s"] = round(time.perf_counter() - t0, 1)
         manifest.update({BundleKeys.PARITY: parity, BundleKeys.FILES: files, BundleKeys.EXPORT_SECONDS: timings})
         atomic_write_json(tmp / BUNDLE_MANIFEST_FILE, manifest)

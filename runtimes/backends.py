@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -27,6 +28,7 @@ class Prefix:
     length: int
     nbytes: int
     data: Any
+    owner: Any = None  # the runtime's task entry it was made for (a replaced task's prefix is stale)
 
 
 class OnnxBackend:
@@ -115,21 +117,33 @@ class _LlamaSequence:
         self._held = False
 
     def __enter__(self):
+        me = threading.get_ident()
+        if self.engine.owner == me:
+            raise EdgePromptError(
+                "this thread already has a llama.cpp request open (an unfinished generate() stream?): "
+                "one llama.cpp context runs one sequence at a time; finish or close the first stream."
+            )
         self.engine.lock.acquire()
+        self.engine.owner = me
         try:
+            if self.engine.closed:
+                raise EdgePromptError("the runtime is closed; open the bundle again.")
             if self.prefix is None:
                 self.engine.reset()
             else:
                 self.engine.load_state(self.prefix.data, self.prefix.length)
         except BaseException:
+            self.engine.owner = None
             self.engine.lock.release()
             raise
         self._held = True
         return self
 
     def __exit__(self, *exc):
+        # A plain Lock: a stream started in one thread may be finished in another.
         if self._held:
             self._held = False
+            self.engine.owner = None
             self.engine.lock.release()
         return False
 

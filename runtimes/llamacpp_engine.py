@@ -7,7 +7,8 @@ with ``llama_state_seq_set_data``: restoring replaces the sequence's KV cells, s
 warm task swap is a memcpy of the blob into the cache.
 
 A llama.cpp context is not thread-safe: :class:`LlamaCppEngine` serialises its callers with a
-lock (the runtime above it holds the lock across a whole request).
+lock (the runtime above it holds the lock across a whole request; ``owner`` is the thread that
+holds it, so a second request opened by the same thread is refused instead of corrupting the first).
 """
 
 from __future__ import annotations
@@ -71,7 +72,8 @@ class LlamaCppEngine:
         lib = self._lib = _lib()
         if not verbose:
             _quiet_logs(lib)
-        self.lock = threading.RLock()
+        self.lock = threading.Lock()
+        self.owner: int | None = None
         self._model = self._ctx = None
         self._tok_batch = self._emb_batch = None
         from .onnx_engine import default_threads
@@ -93,7 +95,7 @@ class LlamaCppEngine:
         cp.flash_attn_type = 1 if flash_attn else 0
         self._ctx = lib.llama_init_from_model(self._model, cp)
         if not self._ctx:
-            self.close()
+            self._free()
             raise EdgePromptError(f"llama.cpp could not create a context of {n_ctx} tokens for {model_path}.")
         self._vocab = lib.llama_model_get_vocab(self._model)
         self.vocab_size = lib.llama_vocab_n_tokens(self._vocab)
@@ -108,8 +110,20 @@ class LlamaCppEngine:
         self.n_past = 0
 
     # -- lifetime -------------------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return not self._ctx
+
     def close(self) -> None:
-        """Free the batches, the context and the model (safe to call twice)."""
+        """Free the batches, the context and the model (safe to call twice; waits for a running request)."""
+        acquired = self.lock.acquire(timeout=30) if self.owner != threading.get_ident() else False
+        try:
+            self._free()
+        finally:
+            if acquired:
+                self.lock.release()
+
+    def _free(self) -> None:
         lib = self._lib
         if self._tok_batch is not None:
             lib.llama_batch_free(self._tok_batch)
@@ -126,7 +140,7 @@ class LlamaCppEngine:
 
     def __del__(self):
         try:
-            self.close()
+            self._free()
         except Exception:
             pass
 

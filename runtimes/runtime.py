@@ -16,6 +16,7 @@ is, or a KV shipped in the bundle), then the templated text, then the label scor
 from __future__ import annotations
 
 import threading
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,13 +27,18 @@ import numpy as np
 from edgeprompt.bank import BankTask, PromptBank
 from edgeprompt.bundle import Bundle
 from edgeprompt.constants import (
+    FULL_PRECISION_QUANTS,
+    PARITY_FP32_MAX_ABS,
     TENSOR_KV_PREFIX,
     TENSOR_PROMPT_EMBEDDINGS,
     Method,
     ModelFormat,
     ModelKeys,
     TaskForm,
+    TaskFormKeys,
     TaskKind,
+    TaskRecordKeys,
+    TokenizerKeys,
 )
 from edgeprompt.io import EdgePromptError, read_safetensors
 from edgeprompt.parity import PLAIN, ParityResult, Probe, compare
@@ -98,6 +104,7 @@ class PrefixCache:
             if key in self._d:
                 self.stats.bytes -= self._d.pop(key).nbytes
             if p.nbytes > self.budget:
+                self.stats.entries = len(self._d)
                 return
             self._d[key] = p
             self.stats.bytes += p.nbytes
@@ -128,19 +135,19 @@ class Runtime:
         self.cache = PrefixCache(cache_mb)
         self._tasks: dict[str, _Task] = {}
         self._tasks_lock = threading.Lock()
-        tk = bundle.tokenizer
-        self.eos_token_id = tk.get("eos_token_id")
+        self.eos_token_id = bundle.tokenizer.get(TokenizerKeys.EOS_ID)
         # The model file may have more rows than the base vocabulary (a GGUF with virtual tokens):
         # those ids are never predicted, so logits are cut to the base vocabulary everywhere.
         self.vocab_size = bundle.base_model.vocab_size
         bank = bundle.bank
-        for t in bank.tasks() if bank.exists else []:
-            self._register(t, bundle.path)
+        for name in bundle.tasks:  # the tasks the manifest lists (their files are hashed), no others
+            self._register(bank.task(name), bundle.path)
 
     # -- tasks ----------------------------------------------------------------------------------
     @property
     def tasks(self) -> list[str]:
-        return sorted(self._tasks)
+        with self._tasks_lock:
+            return sorted(self._tasks)
 
     def _register(self, t: BankTask, bundle_path: Path | None = None) -> _Task:
         info = self.bundle.base_model
@@ -152,10 +159,10 @@ class Runtime:
         else:
             entry.kv = tensors[TENSOR_KV_PREFIX].astype(np.float32)
         if bundle_path is not None:
-            forms = self.bundle.tasks.get(t.name, {}).get("forms", {})
+            forms = self.bundle.tasks.get(t.name, {}).get(TaskRecordKeys.FORMS, {})
             form = TaskForm.KV_PREFIX.value if self.backend.name == "onnx" else TaskForm.LLAMA_STATE.value
             if form in forms and t.method == Method.PROMPT_TUNING:
-                entry.shipped = bundle_path / forms[form]["file"]
+                entry.shipped = bundle_path / forms[form][TaskFormKeys.FILE]
         with self._tasks_lock:
             self._tasks[t.name] = entry
         self.cache.drop(t.name)
@@ -196,12 +203,17 @@ class Runtime:
         """The task's prefix state: warm from the LRU cache, else computed (cold) and cached."""
         if task is None:
             return None
-        e = self._entry(task)
-        p = self.cache.get(task)
-        if p is not None:
+        return self._prefix_of(self._entry(task))
+
+    def _prefix_of(self, e: _Task) -> Prefix:
+        p = self.cache.get(e.name)
+        if p is not None and p.owner is e:
             return p
         p = self._compute_prefix(e)
-        self.cache.put(task, p)
+        p.owner = e
+        with self._tasks_lock:  # add_task may have replaced the task meanwhile: never cache a stale prefix
+            if self._tasks.get(e.name) is e:
+                self.cache.put(e.name, p)
         return p
 
     def _compute_prefix(self, e: _Task) -> Prefix:
@@ -211,7 +223,14 @@ class Runtime:
         if e.shipped is not None:
             if self.backend.name == "onnx":
                 return self.backend.prefix_from_kv(read_safetensors(e.shipped, f"KV of task {e.name!r}")[TENSOR_KV_PREFIX])
-            return self.backend.prefix_from_blob(e.shipped.read_bytes(), P)
+            p = self.backend.prefix_from_blob(e.shipped.read_bytes(), P)
+            try:  # a blob from another llama.cpp version may be refused: then prefill, and say so once
+                with self.backend.sequence(p):
+                    pass
+                return p
+            except EdgePromptError as err:
+                warnings.warn(f"{e.shipped}: {err} Prefilling the prompt of task {e.name!r} instead.", stacklevel=2)
+                e.shipped = None
         with self.backend.sequence(None) as seq:
             seq.feed_embeds(e.prompt)
             return seq.snapshot()
@@ -232,6 +251,8 @@ class Runtime:
         else:
             spec = self._entry(task).task.spec
             ids = spec.encode_input(self.encode, text)
+        if not ids:
+            raise EdgePromptError("the text encodes to no tokens; pass a non-empty text.")
         n_ctx = self.n_ctx
         if P + len(ids) + reserve > n_ctx:
             fixed = len(spec.encode_input(self.encode, text, max_text_tokens=0)) if spec else 0
@@ -271,7 +292,7 @@ class Runtime:
         verbs = spec.verbalizer_ids(self.encode)
         ids = self.input_ids(task, text, reserve=max(len(v) for v in verbs), truncate=truncate)
         scores = np.zeros(len(verbs))
-        with self.backend.sequence(self.prefix(task)) as seq:
+        with self.backend.sequence(self._prefix_of(e)) as seq:
             first = _log_softmax(seq.feed_ids(ids)[: self.vocab_size])
             if all(len(v) == 1 for v in verbs):
                 scores = np.array([first[v[0]] for v in verbs])
@@ -310,44 +331,54 @@ class Runtime:
 
         Greedy when ``temperature == 0``. Stops at EOS, at ``max_new_tokens`` or at a ``stop`` string.
         """
-        it = self._generate(task, text, max_new_tokens, temperature, top_k, top_p, seed, tuple(stop), truncate)
-        return it if stream else "".join(it)
-
-    def _generate(self, task, text, max_new_tokens, temperature, top_k, top_p, seed, stop, truncate) -> Iterator[str]:
         if max_new_tokens < 1:
             raise EdgePromptError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
+        stop = tuple(x for x in stop if x)
+        # checked now, not at the first next(): an unknown task or a too-long text fails the call
         ids = self.input_ids(task, text, reserve=max_new_tokens, truncate=truncate)
+        prefix = self.prefix(task)
+        it = self._generate(ids, prefix, max_new_tokens, temperature, top_k, top_p, seed, stop)
+        return it if stream else "".join(it)
+
+    def _generate(self, ids, prefix, max_new_tokens, temperature, top_k, top_p, seed, stop) -> Iterator[str]:
         rng = np.random.default_rng(seed)
         out: list[int] = []
-        emitted = ""
-        with self.backend.sequence(self.prefix(task)) as seq:
+        emitted = ""  # text already yielded
+        hold = max((len(x) for x in stop), default=1) - 1  # a stop string may still be completing
+        with self.backend.sequence(prefix) as seq:
             logits = seq.feed_ids(ids)
-            for _ in range(max_new_tokens):
+            for step in range(max_new_tokens):
                 tok = _sample(logits[: self.vocab_size], temperature, top_k, top_p, rng)
                 if self.eos_token_id is not None and tok == self.eos_token_id:
                     break
                 out.append(tok)
                 full = self.decode(out)
-                if full.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the next token
+                last = step == max_new_tokens - 1
+                if full.endswith("\ufffd") and not last:  # an incomplete UTF-8 sequence: wait for the next token
                     logits = seq.feed_ids([tok])
                     continue
-                hit = next((s for s in stop if s in full), None)
-                if hit is not None:
-                    piece = full[: full.index(hit)][len(emitted):]
-                    if piece:
-                        yield piece
+                cut = min((i for i in (full.find(x, max(0, len(emitted) - hold)) for x in stop) if i >= 0), default=-1)
+                if cut >= 0:
+                    if cut > len(emitted):
+                        yield full[len(emitted) : cut]
                     return
-                piece, emitted = full[len(emitted):], full
-                if piece:
-                    yield piece
-                if len(out) == max_new_tokens:
+                safe = len(full) if last else len(full) - _partial_stop(full, stop)
+                if safe > len(emitted):
+                    yield full[len(emitted) : safe]
+                    emitted = full[:safe]
+                if last:
                     break
                 logits = seq.feed_ids([tok])
+            full = self.decode(out)
+            if len(full) > len(emitted):  # what a partial stop string held back, at EOS
+                yield full[len(emitted) :]
 
     # -- parity ---------------------------------------------------------------------------------
     def label_ids(self) -> dict[str, tuple[list[str], list[int]]]:
         out = {}
-        for name, e in self._tasks.items():
+        with self._tasks_lock:
+            items = list(self._tasks.items())
+        for name, e in items:
             spec = e.task.spec
             if spec.kind == TaskKind.CLASSIFICATION:
                 out[name] = (spec.labels, [v[0] for v in spec.verbalizer_ids(self.encode)])
@@ -361,7 +392,8 @@ class Runtime:
         probes = [probes[i] for i in keep]
         reference = np.asarray(reference)[keep]
         cand = np.stack([self.logits(p.task or None, p.text) for p in probes])
-        return compare(reference, cand, probes, self.label_ids())
+        full = self.bundle.quant in FULL_PRECISION_QUANTS
+        return compare(reference, cand, probes, self.label_ids(), max_abs=PARITY_FP32_MAX_ABS if full else None)
 
     def close(self) -> None:
         self.backend.close()
@@ -372,6 +404,17 @@ class Runtime:
     def __exit__(self, *exc):
         self.close()
         return False
+
+
+def _partial_stop(text: str, stop: Sequence[str]) -> int:
+    """Length of the longest end of ``text`` that is the start of a stop string (held back)."""
+    best = 0
+    for x in stop:
+        for k in range(min(len(x) - 1, len(text)), best, -1):
+            if text.endswith(x[:k]):
+                best = k
+                break
+    return best
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -435,11 +478,16 @@ def open_bundle(
     else:
         from .llamacpp_engine import LlamaCppEngine
 
-        eng = LlamaCppEngine(b.model_file, n_ctx=n_ctx, threads=threads, kv_f32=b.quant in ("f32",))
+        trained = int(b.model.get(ModelKeys.CONTEXT_LENGTH) or n_ctx)
+        eng = LlamaCppEngine(b.model_file, n_ctx=min(n_ctx, trained), threads=threads, kv_f32=b.quant in FULL_PRECISION_QUANTS)
         be = LlamaCppBackend(eng)
-    if be.vocab_size < b.base_model.vocab_size or be.hidden_size != b.base_model.hidden_size:
-        raise EdgePromptError(
-            f"bundle {path}: the model file has vocab {be.vocab_size} and d={be.hidden_size}, the manifest's base model "
-            f"{b.base_model.vocab_size} and {b.base_model.hidden_size}; the bundle is inconsistent, re-export it."
-        )
-    return Runtime(b, be, tok, cache_mb=cache_mb)
+    try:
+        if be.vocab_size < b.base_model.vocab_size or be.hidden_size != b.base_model.hidden_size:
+            raise EdgePromptError(
+                f"bundle {path}: the model file has vocab {be.vocab_size} and d={be.hidden_size}, the manifest's base model "
+                f"{b.base_model.vocab_size} and {b.base_model.hidden_size}; the bundle is inconsistent, re-export it."
+            )
+        return Runtime(b, be, tok, cache_mb=cache_mb)
+    except BaseException:
+        be.close()
+        raise
