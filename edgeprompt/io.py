@@ -135,28 +135,74 @@ def atomic_directory(final: str | os.PathLike) -> Iterator[Path]:
     An existing ``final`` is first renamed aside (``.NAME.old-<ns>``) and removed only after the
     new one is in place, so a crash leaves either the old folder or the new one. The swap holds a
     lock that :func:`recover_directory` also takes, so a reader never "recovers" a folder in the
-    middle of a swap. The temporary folder's name starts with a dot; readers ignore it and never
-    delete it (its writer may still be filling it).
+    middle of a swap. The temporary folder's name starts with a dot; readers ignore it. Its writer
+    holds a lock on ``.NAME.tmp-XXXX.lock`` while it works, so a later writer can tell a folder
+    left by a killed writer (lock free: removed) from one still being filled (lock held: kept).
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned(final)
     tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    lock_fd = _hold_lock(tmp.with_name(tmp.name + ".lock"))
     try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    with _swap_lock(final.parent):
-        _recover_locked(final)
-        old = None
-        if final.exists():
-            old = final.parent / f".{final.name}.old-{time.time_ns()}"
-            os.replace(final, old)
-        os.replace(tmp, final)
-        _fsync_dir(final.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            yield tmp
+            with _swap_lock(final.parent):
+                _recover_locked(final)
+                old = None
+                if final.exists():
+                    old = final.parent / f".{final.name}.old-{time.time_ns()}"
+                    os.replace(final, old)
+                os.replace(tmp, final)
+                _fsync_dir(final.parent)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        _release_lock(lock_fd, tmp.with_name(tmp.name + ".lock"))
+
+
+def _hold_lock(path: Path) -> int | None:
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; abandoned folders are left for the user
+        return None
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def _release_lock(fd: int | None, path: Path) -> None:
+    if fd is None:
+        return
+    with _suppress():
+        path.unlink()
+    os.close(fd)
+
+
+def _remove_abandoned(final: Path) -> None:
+    """Remove temporary folders of ``final`` whose writer is gone (its lock file is free)."""
+    try:
+        import fcntl
+    except ImportError:
+        return
+    for lock in final.parent.glob(f".{final.name}.tmp-*.lock"):
+        try:
+            fd = os.open(lock, os.O_RDWR)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)  # a live writer
+            continue
+        shutil.rmtree(lock.with_name(lock.name[: -len(".lock")]), ignore_errors=True)
+        with _suppress():
+            lock.unlink()
+        os.close(fd)
 
 
 def _olds(final: Path) -> list[Path]:

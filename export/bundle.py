@@ -16,6 +16,7 @@ bundle is built in a temporary sibling folder and renamed into place at the end)
 
 from __future__ import annotations
 
+import json
 import platform
 import shutil
 import time
@@ -141,6 +142,24 @@ def _tool_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             pass
     return out
+
+
+def _check_replaceable(out: Path, bank, model) -> None:
+    """--overwrite replaces a bundle, or an empty folder, never anything else (nor what it reads)."""
+    if out.is_dir() and not any(out.iterdir()):
+        return
+    m = out / BUNDLE_MANIFEST_FILE
+    try:
+        is_bundle = out.is_dir() and json.loads(m.read_text()).get(BundleKeys.FORMAT) == BUNDLE_FORMAT
+    except (OSError, ValueError, AttributeError):
+        is_bundle = False
+    if not is_bundle:
+        raise EdgePromptError(f"{out} exists and is not an edgeprompt bundle; --overwrite replaces only bundles: choose another -o.")
+    for src in (bank, model):
+        if src is not None and Path(src).exists():
+            s = Path(src).resolve()
+            if s == out.resolve() or out.resolve() in s.parents:
+                raise EdgePromptError(f"-o {out} holds the input {src}; write the bundle elsewhere.")
 
 
 def _select_tasks(bank: PromptBank | None, names: list[str] | None) -> list[BankTask]:
@@ -269,6 +288,8 @@ def export_bundle(
     _quiet_tool_logs()
     if out.exists() and not overwrite:
         raise EdgePromptError(f"{out} already exists; pass --overwrite to replace it (it is replaced only once the new bundle is complete).")
+    if out.exists():
+        _check_replaceable(out, bank, model)
     pbank = PromptBank(bank) if bank is not None else None
     tasks = _select_tasks(pbank, cfg.tasks)
     from edgeprompt.models import FrozenLM, resolve_model_dir

@@ -102,7 +102,7 @@ class LlamaCppEngine:
         self.hidden_size = lib.llama_model_n_embd(self._model)
         self.num_layers = lib.llama_model_n_layer(self._model)
         self.n_ctx = lib.llama_n_ctx(self._ctx)
-        self.n_batch = n_batch
+        self.n_batch = min(n_batch, lib.llama_n_batch(self._ctx))  # llama.cpp clamps it to the context asked for
         self.threads = threads
         self._mem = lib.llama_get_memory(self._ctx)
         self._tok_batch = lib.llama_batch_init(n_batch, 0, 1)

@@ -32,6 +32,7 @@ def _handler(rt: Runtime):
     class Handler(BaseHTTPRequestHandler):
         server_version = "edgeprompt"
         protocol_version = "HTTP/1.1"
+        timeout = 60  # seconds a client may take to send a request
 
         def log_message(self, fmt, *args):  # quiet by default
             pass
@@ -45,12 +46,16 @@ def _handler(rt: Runtime):
             self.wfile.write(body)
 
         def _body(self) -> dict:
-            n = int(self.headers.get("Content-Length") or 0)
-            if n > MAX_BODY:
-                raise EdgePromptError(f"request body of {n} bytes is larger than {MAX_BODY}.")
+            try:
+                n = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                n = -1
+            if n < 0 or n > MAX_BODY:
+                self.close_connection = True  # the body is not read: the connection cannot be reused
+                raise EdgePromptError(f"Content-Length must be between 0 and {MAX_BODY} bytes.")
             try:
                 obj = json.loads(self.rfile.read(n) or b"{}")
-            except json.JSONDecodeError as e:
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise EdgePromptError(f"the request body is not JSON ({e}).") from None
             if not isinstance(obj, dict):
                 raise EdgePromptError("the request body must be a JSON object.")
@@ -58,6 +63,9 @@ def _handler(rt: Runtime):
                 raise EdgePromptError('the request needs "text": a string.')
             if "task" in obj and obj["task"] is not None and not isinstance(obj["task"], str):
                 raise EdgePromptError('"task" must be a task name or null.')
+            for flag in ("truncate", "stream"):
+                if flag in obj and not isinstance(obj[flag], bool):
+                    raise EdgePromptError(f'"{flag}" must be true or false.')
             return obj
 
         def do_GET(self):
@@ -74,10 +82,11 @@ def _handler(rt: Runtime):
                 self._send(404, {"error": f"no endpoint GET {self.path}; try /health, /tasks, POST /classify, POST /generate."})
 
         def do_POST(self):
+            streaming = False
             try:
                 if self.path == "/classify":
                     req = self._body()
-                    out = rt.classify(req.get("task"), req["text"], truncate=bool(req.get("truncate", False)))
+                    out = rt.classify(req.get("task"), req["text"], truncate=req.get("truncate", False))
                     self._send(200, out.to_dict())
                 elif self.path == "/generate":
                     req = self._body()
@@ -85,24 +94,39 @@ def _handler(rt: Runtime):
                     stop = req.get("stop") or []
                     if isinstance(stop, str):
                         stop = [stop]
-                    it = rt.generate(req.get("task"), req["text"], stop=stop, truncate=bool(req.get("truncate", False)), **kw)
+                    # generate() checks the task and the length before returning: errors come before the 200
+                    it = rt.generate(req.get("task"), req["text"], stop=stop, truncate=req.get("truncate", False), **kw)
                     if req.get("stream"):
-                        first = next(it, None)  # errors (unknown task, too long) surface before the 200
                         self.send_response(200)
                         self.send_header("Content-Type", "application/x-ndjson")
                         self.send_header("Transfer-Encoding", "chunked")
                         self.end_headers()
-                        pieces = [] if first is None else [first]
-                        for piece in _chain(pieces, it):
-                            self._chunk(json.dumps({"piece": piece}) + "\n")
-                        self._chunk(json.dumps({"done": True}) + "\n")
+                        streaming = True
+                        try:
+                            for piece in it:
+                                self._chunk(json.dumps({"piece": piece}) + "\n")
+                            self._chunk(json.dumps({"done": True}) + "\n")
+                        finally:
+                            it.close()
                         self.wfile.write(b"0\r\n\r\n")
                     else:
                         self._send(200, {"text": "".join(it)})
                 else:
                     self._send(404, {"error": f"no endpoint POST {self.path}; try /classify or /generate."})
-            except (EdgePromptError, ValueError, TypeError) as e:
-                self._send(400, {"error": str(e)})
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True  # the client went away
+            except Exception as e:  # noqa: BLE001 - every error becomes a JSON answer, never a dropped connection
+                bad_request = isinstance(e, (EdgePromptError, ValueError, TypeError))
+                msg = str(e) if bad_request else f"internal error: {type(e).__name__}: {e}"
+                try:
+                    if streaming:  # the status line is gone: end the stream with an error line
+                        self._chunk(json.dumps({"error": msg}) + "\n")
+                        self.wfile.write(b"0\r\n\r\n")
+                        self.close_connection = True
+                    else:
+                        self._send(400 if bad_request else 500, {"error": msg})
+                except OSError:
+                    self.close_connection = True
 
         def _chunk(self, s: str) -> None:
             b = s.encode()
@@ -110,11 +134,6 @@ def _handler(rt: Runtime):
             self.wfile.flush()
 
     return Handler
-
-
-def _chain(first, rest):
-    yield from first
-    yield from rest
 
 
 def make_server(rt: Runtime, host: str = "127.0.0.1", port: int = 8080) -> ThreadingHTTPServer:

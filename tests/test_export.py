@@ -147,6 +147,20 @@ def test_killed_export_leaves_no_bundle(tmp_path, tiny_tied_dir, tiny_bank, env)
     p.wait(timeout=60)
     assert p.returncode == -signal.SIGKILL
     assert not out.exists()
+    # the next export into the same place removes what the killed one left behind
+    run_cli(["export", "--model", str(tiny_tied_dir), "--bank", str(tiny_bank), "--format", "gguf", "--quant", "f32", "-o", str(out), "--probes", "1"], env=env)
+    assert out.exists() and _no_tmp_left(tmp_path, "b") and not list(tmp_path.glob(".b.tmp-*.lock"))
+
+
+def test_overwrite_replaces_only_bundles(tmp_path, tiny_tied_dir, tiny_bank):
+    from edgeprompt.export.bundle import export_bundle
+
+    precious = tmp_path / "docs"
+    precious.mkdir()
+    (precious / "thesis.txt").write_text("years of work")
+    with pytest.raises(EdgePromptError, match="not an edgeprompt bundle"):
+        export_bundle(precious, bank=tiny_bank, model=tiny_tied_dir, overwrite=True, log=lambda s: None)
+    assert (precious / "thesis.txt").read_text() == "years of work"
 
 
 def test_fp32_gate_fails_a_wrong_export(tmp_path, tiny_tied_dir, tiny_bank, monkeypatch):

@@ -147,7 +147,9 @@ def test_threads_with_mixed_tasks_equal_sequential(fp32_bundle):
     from edgeprompt.runtimes import open_bundle
 
     texts = ["good food", "awful day", "the movie was fine", "sad and angry", "love it", "worst service"]
-    with open_bundle(fp32_bundle, cache_mb=0.001) as rt:  # no caching: every request prefills, to stress it
+    with open_bundle(fp32_bundle) as rt:
+        one = max(rt.prefix(t).nbytes for t in rt.tasks if rt.supports(t))
+    with open_bundle(fp32_bundle, cache_mb=1.2 * one / 2**20) as rt:  # room for one prefix: misses and evictions under load
         tasks = [t for t in rt.tasks if rt.supports(t)] + [None]
         reqs = [(tasks[i % len(tasks)], texts[i % len(texts)], i % 3 == 0) for i in range(24)]
 
@@ -160,7 +162,33 @@ def test_threads_with_mixed_tasks_equal_sequential(fp32_bundle):
         seq = [run(r) for r in reqs]
         with ThreadPoolExecutor(max_workers=4) as ex:
             par = list(ex.map(run, reqs))
+        if len(tasks) > 2:
+            assert rt.cache.stats.evictions > 0
     assert par == seq
+
+
+def test_llamacpp_streams_one_at_a_time_per_thread_and_may_end_elsewhere(bundle_of):
+    from edgeprompt.runtimes import open_bundle
+
+    with open_bundle(bundle_of("gguf", "f32")) as rt:
+        rt.eos_token_id = None
+        solo = list(rt.generate("pt", "the day", max_new_tokens=6))
+        g1 = rt.generate("pt", "the day", max_new_tokens=6)
+        first = next(g1)
+        with pytest.raises(EdgePromptError, match="already has a llama.cpp request open"):
+            next(rt.generate(None, "good", max_new_tokens=2))
+        rest = []
+        th = threading.Thread(target=lambda: rest.extend(g1))  # finished by another thread
+        th.start()
+        th.join(30)
+        assert [first, *rest] == solo
+        assert rt.classify("pt", "fine") is not None  # the lock was released
+
+
+def test_stop_strings_never_leak():
+    from edgeprompt.runtimes.runtime import _partial_stop
+
+    assert _partial_stop("hello wor", ["world"]) == 3 and _partial_stop("hello", ["xyz"]) == 0
 
 
 def test_add_task_to_a_running_runtime(bundle_of, tiny_tied_dir, tmp_path):
@@ -192,16 +220,20 @@ def test_add_task_of_another_model_refused(bundle_of, tmp_path):
 def test_bad_requests(fp32_bundle):
     from edgeprompt.runtimes import open_bundle
 
-    with open_bundle(fp32_bundle, n_ctx=256) as rt:
+    with open_bundle(fp32_bundle, n_ctx=300) as rt:
         with pytest.raises(EdgePromptError, match=r"unknown task 'nope'; this runtime has: pt, px"):
             rt.classify("nope", "x")
-        long = " ".join(["good"] * 400)
-        if True:
-            with pytest.raises(EdgePromptError, match=f"exceeds the context of {rt.n_ctx}.*truncate"):
-                rt.classify("pt", long)
-            assert rt.classify("pt", long, truncate=True).label in ("negative", "positive")
-            assert rt.n_ctx - 8 - 4 - 3 < len(rt.input_ids("pt", long, reserve=8, truncate=True)) + 4 + 8 <= rt.n_ctx  # cut to fit, not more
-            assert len(rt.generate("pt", long, max_new_tokens=4, truncate=True, stream=False)) >= 0
+        long = " ".join(["good"] * 2 * rt.n_ctx)
+        assert len(rt.encode(long)) > rt.n_ctx
+        with pytest.raises(EdgePromptError, match=f"exceeds the context of {rt.n_ctx}.*truncate"):
+            rt.classify("pt", long)
+        with pytest.raises(EdgePromptError, match=f"exceeds the context of {rt.n_ctx}"):
+            rt.generate("pt", long, max_new_tokens=4)  # refused at the call, not at the first piece
+        assert rt.classify("pt", long, truncate=True).label in ("negative", "positive")
+        assert rt.n_ctx - 8 - 4 - 3 < len(rt.input_ids("pt", long, reserve=8, truncate=True)) + 4 + 8 <= rt.n_ctx  # cut to fit, not more
+        assert isinstance(rt.generate("pt", long, max_new_tokens=4, truncate=True, stream=False), str)
+        with pytest.raises(EdgePromptError, match="encodes to no tokens"):
+            rt.logits(None, "")
         if not rt.supports("px"):
             with pytest.raises(EdgePromptError, match="llama.cpp takes a KV cache only through"):
                 rt.classify("px", "x")
@@ -225,6 +257,32 @@ def test_damaged_model_file_refused_at_open_naming_it(bundle_of, tmp_path, damag
             f.unlink()
         with pytest.raises(EdgePromptError, match=f.name):
             open_bundle(b)
+
+
+@pytest.mark.parametrize("rel", ["bank/tasks/pt/prefix.safetensors", "model/embeddings.safetensors", "tokenizer.json", "bank/tasks/px/manifest.json"])
+def test_damaged_bank_or_tokenizer_refused_at_open(bundle_of, tmp_path, rel):
+    from edgeprompt.runtimes import open_bundle
+
+    b = tmp_path / "b"
+    shutil.copytree(bundle_of("onnx", "fp32"), b)
+    f = b / rel
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    f.write_bytes(bytes(data))
+    with pytest.raises(EdgePromptError, match=rel):
+        open_bundle(b)
+
+
+def test_manifest_that_does_not_list_the_model_is_refused(bundle_of, tmp_path):
+    from edgeprompt.runtimes import open_bundle
+
+    b = tmp_path / "b"
+    shutil.copytree(bundle_of("onnx", "fp32"), b)
+    m = json.loads((b / "manifest.json").read_text())
+    del m["files"]["model/decoder.onnx.data"], m["files"]["model/decoder.onnx"]
+    (b / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(EdgePromptError, match="does not list model/decoder.onnx"):
+        open_bundle(b)
 
 
 def test_bundle_for_another_base_model_refused(bundle_of, tmp_path):
@@ -282,6 +340,25 @@ def test_http_server(bundle_of):
         with pytest.raises(urllib.error.HTTPError) as e:
             post("/classify", {"task": "pt"})
         assert e.value.code == 400
+        import http.client
+
+        c = http.client.HTTPConnection("127.0.0.1", srv.server_address[1], timeout=10)
+        c.request("POST", "/classify", body=b"{}", headers={"Content-Length": "-5"})
+        r = c.getresponse()
+        assert r.status == 400 and "Content-Length" in json.loads(r.read())["error"]
+        c.close()
+
+        def broken(*a, **k):  # an engine failure after the first piece was streamed
+            yield "x"
+            raise RuntimeError("decode failed")
+
+        real, rt._generate = rt._generate, broken
+        try:
+            lines = [json.loads(x) for x in post("/generate", {"task": "pt", "text": "a", "stream": True}).splitlines()]
+        finally:
+            rt._generate = real
+        assert lines[0] == {"piece": "x"} and "decode failed" in lines[-1]["error"]
+        assert json.loads(urllib.request.urlopen(base + "/health", timeout=30).read())["ok"]  # still serving
     finally:
         srv.shutdown()
         srv.server_close()
