@@ -306,6 +306,26 @@ def cmd_run(args) -> int:
         rt.close()
 
 
+def cmd_verify(args) -> int:
+    """Check a bundle on this device: every file's sha256, then the parity probes against the torch reference."""
+    rt = _open_runtime(args)  # opening checks sizes and sha256
+    try:
+        res = rt.check_parity()
+    finally:
+        rt.close()
+    ok = True
+    recorded = rt.bundle.parity()
+    for task, r in res.items():
+        rec = recorded.get(task)
+        was = f" (at export: {rec.max_abs_logit_diff:.2e}, {rec.top1_agreement:.0%})" if rec else ""
+        bad = r.passed is False or r.top1_agreement < (rec.top1_agreement if rec else 0.0) - 0.05
+        ok &= not bad
+        print(f"{'FAIL' if bad else 'ok  '} {task or '(plain model)'}: max |dlogit| {r.max_abs_logit_diff:.2e}, "
+              f"top-1 agreement {r.top1_agreement:.0%}{was}")
+    print(f"bundle {args.bundle}: files verified, parity {'ok' if ok else 'FAILED'} on {rt.backend.name}")
+    return 0 if ok else 1
+
+
 def cmd_serve(args) -> int:
     from edgeprompt.runtimes.server import make_server
 
@@ -447,6 +467,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--truncate", action="store_true", help="cut a text longer than the context instead of refusing it")
     r.add_argument("--json", action="store_true", help="classification result as JSON")
     r.set_defaults(func=cmd_run)
+
+    v = sub.add_parser("verify", help="check a bundle on this device: file sha256s, then the parity probes against the stored torch reference")
+    _add_runtime(v)
+    v.set_defaults(func=cmd_verify)
 
     sv = sub.add_parser("serve", help="serve a bundle over HTTP JSON (/classify, /generate, /tasks, /health), one task per request")
     _add_runtime(sv)

@@ -308,6 +308,8 @@ def test_cli_run_classifies_and_generates(bundle_of, env):
     assert r.returncode == 0
     r = run_cli(["run", b, "--task", "zzz", "x"], env=env, check=False)
     assert r.returncode == 2 and "this runtime has: pt, px" in r.stderr
+    r = run_cli(["verify", b], env=env)
+    assert "parity ok" in r.stdout and "ok   pt:" in r.stdout
 
 
 def test_http_server(bundle_of):
