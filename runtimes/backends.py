@@ -6,8 +6,9 @@
 
 - ONNX: a prefix is the list of present tensors; sequences are independent values, so
   requests run concurrently (``InferenceSession.run`` is thread-safe).
-- llama.cpp: a prefix is a sequence-state blob; a sequence holds the engine's lock from start
-  to end, because one ``llama_context`` runs one request at a time.
+- llama.cpp: a prefix is a sequence-state blob (a prefix-tuning KV is written into one); a
+  sequence holds the engine's lock from start to end, because one ``llama_context`` runs one
+  request at a time.
 """
 
 from __future__ import annotations
@@ -87,14 +88,12 @@ class LlamaCppBackend:
         self.vocab_size = engine.vocab_size
         self.hidden_size = engine.hidden_size
         self.n_ctx = engine.n_ctx
-        self.supports_kv_prefix = False
+        self.supports_kv_prefix = True
 
     def prefix_from_kv(self, kv: np.ndarray) -> Prefix:
-        raise EdgePromptError(
-            "prefix-tuning tasks are per-layer key/value tensors, and llama.cpp takes a KV cache only through its "
-            "own sequence-state blob, whose layout (rotary layout, cache type, cell metadata) is internal to each "
-            "llama.cpp version; open the bundle with backend='onnx', or train the task with --method prompt."
-        )
+        """A prefix-tuning KV ``[L, 2, h, P, hd]`` as a sequence-state blob (see ``state_from_kv``)."""
+        blob = self.engine.state_from_kv(kv)
+        return Prefix(int(kv.shape[3]), len(blob), blob)
 
     def prefix_from_blob(self, blob: bytes, length: int) -> Prefix:
         import ctypes

@@ -14,6 +14,7 @@ holds it, so a second request opened by the same thread is refused instead of co
 from __future__ import annotations
 
 import ctypes
+import struct
 import threading
 from pathlib import Path
 from typing import Sequence
@@ -108,6 +109,7 @@ class LlamaCppEngine:
         self._tok_batch = lib.llama_batch_init(n_batch, 0, 1)
         self._emb_batch = lib.llama_batch_init(n_batch, self.hidden_size, 1)
         self.n_past = 0
+        self._templates: dict[int, bytes] = {}
 
     # -- lifetime -------------------------------------------------------------------------------
     @property
@@ -209,6 +211,36 @@ class LlamaCppEngine:
             raise EdgePromptError(f"llama_state_seq_get_data wrote {n} of {size} bytes.")
         return buf
 
+    def state_from_kv(self, kv: np.ndarray) -> ctypes.Array:
+        """A sequence-state blob holding a per-layer KV prefix ``[L, 2, h, P, hd]`` (transformers layout).
+
+        llama.cpp takes a KV cache only through its sequence state. The blob's layout is read off
+        a real one (``P`` dummy tokens prefilled, then saved) and only its K/V payload is replaced:
+        cells 0..P-1 of sequence 0; per layer K rows ``[P, h*hd]``; V the same or transposed
+        ``[h*hd, P]`` (``v_trans``, without flash attention). Keys are rotated per head into
+        llama.cpp's interleaved rotary layout, as the GGUF converter permutes q/k weights. Any
+        layout surprise (another llama.cpp version, a quantized cache) raises instead of guessing.
+        """
+        kv = np.asarray(kv, dtype=np.float32)
+        L, two, h, P, hd = kv.shape
+        if L != self.num_layers or two != 2:
+            raise EdgePromptError(f"KV prefix {list(kv.shape)} does not fit a model of {self.num_layers} layers.")
+        template = self._templates.get(P)
+        if template is None:  # the layout depends on P only: one prefill of P dummy tokens per P
+            with self.lock:
+                self.reset()
+                self.eval_tokens([0] * P)
+                template = self._templates[P] = bytes(self.save_state())
+                self.reset()
+        blob = bytearray(template)
+        try:
+            return _fill_state(blob, kv)
+        except (ValueError, AssertionError, struct.error) as e:
+            raise EdgePromptError(
+                f"this llama.cpp's sequence-state layout is not the one edgeprompt knows ({e}); "
+                "open the bundle with backend='onnx' for prefix-tuning tasks."
+            ) from None
+
     def load_state(self, blob: bytes | ctypes.Array, n_past: int) -> None:
         """Replace sequence 0 with a blob from :meth:`save_state` holding ``n_past`` positions."""
         lib = self._lib
@@ -219,3 +251,52 @@ class LlamaCppEngine:
             self.n_past = 0
             raise EdgePromptError("llama.cpp refused the sequence state (made by another model or llama.cpp version?).")
         self.n_past = n_past
+
+
+_KV_DTYPES = {GGML_TYPE_F32: np.float32, GGML_TYPE_F16: np.float16}
+
+
+def _fill_state(blob: bytearray, kv: np.ndarray) -> ctypes.Array:
+    """Write ``kv [L, 2, h, P, hd]`` into a sequence-state ``blob`` of P cells (see state_from_kv)."""
+    L, _, h, P, hd = kv.shape
+    off = 8  # a u64 the context writes first (kept as is)
+    n_stream, cells = struct.unpack_from("<II", blob, off)
+    off += 8
+    assert n_stream == 1, f"{n_stream} streams"
+    assert cells == P, f"{cells} cells for {P} positions"
+    for i in range(P):
+        pos, n_seq, seq = struct.unpack_from("<iIi", blob, off)
+        assert (pos, n_seq, seq) == (i, 1, 0), f"cell {i} is {(pos, n_seq, seq)}"
+        off += 12
+    v_trans, n_layer = struct.unpack_from("<II", blob, off)
+    off += 8
+    assert n_layer == L, f"{n_layer} layers"
+    # transformers' rotate_half layout -> llama.cpp's interleaved pairs, per head: d' = 2i + j <- j*hd/2 + i
+    perm = np.arange(hd).reshape(2, hd // 2).T.reshape(-1)
+    k = kv[:, 0][..., perm]  # (L, h, P, hd)
+    v = kv[:, 1]
+    for layer in range(L):
+        t, row = struct.unpack_from("<iQ", blob, off)
+        off += 12
+        dt = _KV_DTYPES[t]
+        assert row == h * hd * np.dtype(dt).itemsize, f"K row of {row} bytes"
+        data = np.ascontiguousarray(k[layer].transpose(1, 0, 2).reshape(P, h * hd), dtype=dt).tobytes()
+        blob[off : off + len(data)] = data
+        off += len(data)
+    for layer in range(L):
+        if v_trans:
+            t, el, n_embd = struct.unpack_from("<iII", blob, off)
+            off += 12
+            dt = _KV_DTYPES[t]
+            assert el == np.dtype(dt).itemsize and n_embd == h * hd, f"V {el} bytes x {n_embd}"
+            data = np.ascontiguousarray(v[layer].transpose(0, 2, 1).reshape(h * hd, P), dtype=dt).tobytes()
+        else:
+            t, row = struct.unpack_from("<iQ", blob, off)
+            off += 12
+            dt = _KV_DTYPES[t]
+            assert row == h * hd * np.dtype(dt).itemsize, f"V row of {row} bytes"
+            data = np.ascontiguousarray(v[layer].transpose(1, 0, 2).reshape(P, h * hd), dtype=dt).tobytes()
+        blob[off : off + len(data)] = data
+        off += len(data)
+    assert off == len(blob), f"{len(blob) - off} bytes left over"
+    return (ctypes.c_uint8 * len(blob)).from_buffer(blob)

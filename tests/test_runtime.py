@@ -202,9 +202,20 @@ def test_add_task_to_a_running_runtime(bundle_of, tiny_tied_dir, tmp_path):
         assert {"new-pt", "new-px"} <= set(rt.tasks) and rt.backend.engine is engine  # no model reload
         a = rt.classify("new-pt", "good day")
         assert a.label in ("negative", "positive") and abs(sum(a.probabilities.values()) - 1) < 1e-9
-    with open_bundle(bundle_of("gguf", "f32")) as rt:
-        with pytest.raises(EdgePromptError, match="backend='onnx'"):
+    with open_bundle(bundle_of("onnx", "fp32")) as o, open_bundle(bundle_of("gguf", "f32")) as g:
+        for rt in (o, g):
             rt.add_task(other, name="new-px")
+        np.testing.assert_allclose(g.logits("new-px", "good day"), o.logits("new-px", "good day"), atol=1e-4)
+
+
+def test_llamacpp_state_layout_surprise_is_refused_clearly(bundle_of):
+    from edgeprompt.runtimes import open_bundle
+
+    with open_bundle(bundle_of("gguf", "f32")) as rt:
+        P = rt._entry("px").kv.shape[3]
+        rt.backend.engine._templates[P] = b"\x00" * 64  # what another llama.cpp version might write
+        with pytest.raises(EdgePromptError, match="sequence-state layout is not the one edgeprompt knows.*backend='onnx'"):
+            rt.classify("px", "x")
 
 
 def test_add_task_of_another_model_refused(bundle_of, tmp_path):
@@ -234,9 +245,7 @@ def test_bad_requests(fp32_bundle):
         assert isinstance(rt.generate("pt", long, max_new_tokens=4, truncate=True, stream=False), str)
         with pytest.raises(EdgePromptError, match="encodes to no tokens"):
             rt.logits(None, "")
-        if not rt.supports("px"):
-            with pytest.raises(EdgePromptError, match="llama.cpp takes a KV cache only through"):
-                rt.classify("px", "x")
+
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "missing"])
