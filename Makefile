@@ -18,9 +18,14 @@ $(STAMP): pyproject.toml Makefile
 	touch $@
 
 # The main job on the embedded default: train a soft prompt on the built-in tweets task and print
-# its test accuracy next to the zero-shot baseline. The task lands in ./edgeprompt-bank.
+# its test accuracy next to the zero-shot baseline (the task lands in ./edgeprompt-bank), export
+# the model quantized (q8_0 GGUF) with the task as ./tweets-bundle, and classify two tweets on it
+# with the torch-free runtime.
 demo: $(STAMP)
 	$(VENV)/bin/edgeprompt train --data tweets --method prompt --name tweets-prompt --overwrite
+	$(VENV)/bin/edgeprompt export --format gguf --quant q8_0 --tasks tweets-prompt -o tweets-bundle --overwrite
+	$(VENV)/bin/edgeprompt run tweets-bundle --task tweets-prompt "just got back from the beach, what a sunset!"
+	$(VENV)/bin/edgeprompt run tweets-bundle --task tweets-prompt "my train is late again and it is raining"
 
 test: $(STAMP)
 	$(PY) -m pytest -q -rs
