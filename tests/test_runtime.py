@@ -30,7 +30,13 @@ def fp32_bundle(request, bundle_of):
 def test_runtime_imports_neither_torch_nor_transformers(bundle_of):
     for fmt, q in BACKENDS:
         code = (
-            "import sys; from edgeprompt.runtimes import open_bundle\n"
+            "import sys\n"
+            "class Block:  # as if torch, transformers and peft were not installed at all\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] in ('torch', 'transformers', 'peft'):\n"
+            "            raise ImportError('blocked: ' + name)\n"
+            "sys.meta_path.insert(0, Block())\n"
+            "from edgeprompt.runtimes import open_bundle\n"
             f"rt = open_bundle({str(bundle_of(fmt, q))!r})\n"
             "print(rt.classify('pt', 'the day was good').label)\n"
             "print(repr(''.join(rt.generate('pt', 'the day', max_new_tokens=3))))\n"
