@@ -235,7 +235,7 @@ class LlamaCppEngine:
         blob = bytearray(template)
         try:
             return _fill_state(blob, kv)
-        except (ValueError, AssertionError, struct.error) as e:
+        except (ValueError, AssertionError, KeyError, struct.error) as e:
             raise EdgePromptError(
                 f"this llama.cpp's sequence-state layout is not the one edgeprompt knows ({e}); "
                 "open the bundle with backend='onnx' for prefix-tuning tasks."
@@ -254,6 +254,18 @@ class LlamaCppEngine:
 
 
 _KV_DTYPES = {GGML_TYPE_F32: np.float32, GGML_TYPE_F16: np.float16}
+
+
+def _put_rows(blob: bytearray, off: int, x: np.ndarray) -> int:
+    """Write one layer's ``x [h, P, hd]`` as P rows of ``h*hd`` (type and row size read from the blob)."""
+    h, P, hd = x.shape
+    t, row = struct.unpack_from("<iQ", blob, off)
+    off += 12
+    dt = _KV_DTYPES[t]
+    assert row == h * hd * np.dtype(dt).itemsize, f"row of {row} bytes"
+    data = np.ascontiguousarray(x.transpose(1, 0, 2).reshape(P, h * hd), dtype=dt).tobytes()
+    blob[off : off + len(data)] = data
+    return off + len(data)
 
 
 def _fill_state(blob: bytearray, kv: np.ndarray) -> ctypes.Array:
@@ -276,26 +288,16 @@ def _fill_state(blob: bytearray, kv: np.ndarray) -> ctypes.Array:
     k = kv[:, 0][..., perm]  # (L, h, P, hd)
     v = kv[:, 1]
     for layer in range(L):
-        t, row = struct.unpack_from("<iQ", blob, off)
+        off = _put_rows(blob, off, k[layer])
+    for layer in range(L):
+        if not v_trans:
+            off = _put_rows(blob, off, v[layer])
+            continue
+        t, el, n_embd = struct.unpack_from("<iII", blob, off)
         off += 12
         dt = _KV_DTYPES[t]
-        assert row == h * hd * np.dtype(dt).itemsize, f"K row of {row} bytes"
-        data = np.ascontiguousarray(k[layer].transpose(1, 0, 2).reshape(P, h * hd), dtype=dt).tobytes()
-        blob[off : off + len(data)] = data
-        off += len(data)
-    for layer in range(L):
-        if v_trans:
-            t, el, n_embd = struct.unpack_from("<iII", blob, off)
-            off += 12
-            dt = _KV_DTYPES[t]
-            assert el == np.dtype(dt).itemsize and n_embd == h * hd, f"V {el} bytes x {n_embd}"
-            data = np.ascontiguousarray(v[layer].transpose(0, 2, 1).reshape(h * hd, P), dtype=dt).tobytes()
-        else:
-            t, row = struct.unpack_from("<iQ", blob, off)
-            off += 12
-            dt = _KV_DTYPES[t]
-            assert row == h * hd * np.dtype(dt).itemsize, f"V row of {row} bytes"
-            data = np.ascontiguousarray(v[layer].transpose(1, 0, 2).reshape(P, h * hd), dtype=dt).tobytes()
+        assert el == np.dtype(dt).itemsize and n_embd == h * hd, f"V {el} bytes x {n_embd}"
+        data = np.ascontiguousarray(v[layer].transpose(0, 2, 1).reshape(h * hd, P), dtype=dt).tobytes()  # [h*hd, P]
         blob[off : off + len(data)] = data
         off += len(data)
     assert off == len(blob), f"{len(blob) - off} bytes left over"
