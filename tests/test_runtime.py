@@ -191,10 +191,18 @@ def test_llamacpp_streams_one_at_a_time_per_thread_and_may_end_elsewhere(bundle_
         assert rt.classify("pt", "fine") is not None  # the lock was released
 
 
-def test_stop_strings_never_leak():
+def test_stop_strings_never_leak(bundle_of):
+    from edgeprompt.runtimes import open_bundle
     from edgeprompt.runtimes.runtime import _partial_stop
 
     assert _partial_stop("hello wor", ["world"]) == 3 and _partial_stop("hello", ["xyz"]) == 0
+    with open_bundle(bundle_of("onnx", "fp32")) as rt:
+        rt.eos_token_id = None
+        full = rt.generate("pt", "the food was", max_new_tokens=12, stream=False)
+        assert len(full) > 6
+        stop = full[len(full) // 2 : len(full) // 2 + 3]  # spans token boundaries, most likely
+        pieces = list(rt.generate("pt", "the food was", max_new_tokens=12, stop=["zzzz", stop]))
+        assert "".join(pieces) == full[: full.index(stop)]
 
 
 def test_add_task_to_a_running_runtime(bundle_of, tiny_tied_dir, tmp_path):
