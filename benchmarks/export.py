@@ -21,7 +21,8 @@ from edgeprompt.export.bundle import ExportConfig, export_bundle
 fmt, quant, bank, out, probes = sys.argv[1:6]
 t = time.perf_counter()
 r = export_bundle(out, bank=bank, config=ExportConfig(format=fmt, quant=quant, probes_per_task=int(probes), with_kv=True), overwrite=True, log=lambda s: None)
-print(json.dumps({"wall_s": time.perf_counter() - t, "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "timings": r.timings}))
+hwm = [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")]
+print(json.dumps({"wall_s": time.perf_counter() - t, "rss_mib": (hwm[0] if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024, "timings": r.timings}))
 """
 
 

@@ -37,6 +37,14 @@ TEXT = "Tweet: Just got back from the beach and the sunset was amazing, can't wa
 
 
 def rss_mib() -> float:
+    """Peak RSS of this process. VmHWM, not ru_maxrss: ru_maxrss survives exec, so a child
+    started by a large parent would report the parent's peak."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

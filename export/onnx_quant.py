@@ -1,8 +1,12 @@
 """Weight quantization of the exported ONNX decoder with onnxruntime's own tools.
 
-- ``int8``: ``MatMulNBits`` with 8 bits, block 32, symmetric (the scheme of llama.cpp's q8_0):
-  weight-only, activations stay fp32.
+- ``int8``: ``MatMulNBits`` with 8 bits, block 32, symmetric (the scheme of llama.cpp's q8_0).
 - ``int4``: ``MatMulNBits`` (4 bits, block 32, symmetric) through ``MatMulNBitsQuantizer``.
+  Both with ``accuracy_level=4``: activations are rounded to int8 per block inside the matmul,
+  as llama.cpp does, which selects MLAS's integer kernels. Measured on SmolLM2-135M, 2 threads:
+  8-bit decodes at 73.7 tokens/s instead of 6.0 (there is no fast fp32-activation 8-bit kernel),
+  4-bit at 87.2 instead of 54.1; on 24 tweets the 8-bit logits move from 0.87 to 1.18 max-abs
+  from torch (top-1 agreement 100% -> 92%), the 4-bit ones do not change (10.7).
 - ``int8-dynamic``: ``quantize_dynamic`` of every ``MatMul`` weight (QInt8, per channel), with
   activations quantized per tensor on the fly. Measured on SmolLM2-135M (24 tweets): logits off
   by up to 26 and top-1 agreement 0%, against 0.87 and 100% for ``int8``: one per-tensor scale
@@ -22,6 +26,7 @@ from pathlib import Path
 from edgeprompt.io import EdgePromptError
 
 BLOCK_SIZE = 32
+ACCURACY_LEVEL = 4  # int8 activations per block: the integer kernels (see the module docstring)
 
 
 def _save(model, out_path: Path) -> None:
@@ -53,7 +58,8 @@ def quantize(fp32_path: str | Path, out_path: str | Path, quant: str) -> Path:
         from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
         cfg = DefaultWeightOnlyQuantConfig(
-            block_size=BLOCK_SIZE, is_symmetric=True, op_types_to_quantize=("MatMul",), bits=8 if quant == "int8" else 4
+            block_size=BLOCK_SIZE, is_symmetric=True, op_types_to_quantize=("MatMul",), bits=8 if quant == "int8" else 4,
+            accuracy_level=ACCURACY_LEVEL,
         )
         q = MatMulNBitsQuantizer(onnx.load(str(fp32_path)), algo_config=cfg)
         q.process()
