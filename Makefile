@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(VENV)/bin/edgeprompt train --data tweets --method prompt --name tweets-prompt --overwrite
 	$(VENV)/bin/edgeprompt export --format gguf --quant q8_0 --tasks tweets-prompt -o tweets-bundle --overwrite
-	$(VENV)/bin/edgeprompt run tweets-bundle --task tweets-prompt "just got back from the beach, what a sunset!"
+	$(VENV)/bin/edgeprompt run tweets-bundle --task tweets-prompt "I love this song so much, best day ever!"
 	$(VENV)/bin/edgeprompt run tweets-bundle --task tweets-prompt "my train is late again and it is raining"
 
 test: $(STAMP)
