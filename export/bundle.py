@@ -69,6 +69,8 @@ from edgeprompt.constants import (
 from edgeprompt.io import EdgePromptError, atomic_directory, atomic_write_bytes, atomic_write_json, atomic_write_safetensors, file_sha256
 from edgeprompt.parity import PLAIN, Probe, check_fp32, compare, probes_json
 
+VIRTUAL_PARITY_SUFFIX = "#virtual_tokens"
+
 #: Texts for the plain-model probes and for tasks whose data cannot be rebuilt.
 GENERIC_PROBES = (
     "The weather today is",
@@ -264,7 +266,7 @@ def _export_gguf(lm, model_spec, cfg: ExportConfig, tasks: list[BankTask], tmp: 
             shutil.move(str(f32), tmp / rel)
         else:
             log(f"quantizing: {cfg.quant} (llama.cpp) ...")
-            quantize(f32, tmp / rel, cfg.quant)
+            quantize(f32, tmp / rel, cfg.quant, threads=cfg.threads or 0)
         if extra is not None:
             ids = iter(info["virtual_token_ids"])
             rec[ModelKeys.VIRTUAL_TOKENS] = {n: [next(ids) for _ in range(P)] for n, P in owners}
@@ -382,6 +384,17 @@ def export_bundle(
             if cfg.quant in FULL_PRECISION_QUANTS:
                 check_fp32(results, f"{cfg.format} {cfg.quant} export")
             parity = {t: r.to_dict() for t, r in results.items()}
+            # stock llama.cpp runs a --virtual-tokens task from token ids: the (quantized) embedding
+            # rows it then reads are checked too, as TASK#virtual_tokens
+            for name, ids in model_rec.get(ModelKeys.VIRTUAL_TOKENS, {}).items():
+                rows = [i for i, p in enumerate(probes) if p.task == name]
+                vt_probes = [probes[i] for i in rows]
+                got = []
+                for p in vt_probes:
+                    with rt.backend.sequence(None) as seq:
+                        got.append(seq.feed_ids(list(ids) + rt.input_ids(name, p.text))[:V])
+                r = compare(ref[rows], np.stack(got), vt_probes, rt.label_ids())[name]
+                parity[f"{name}{VIRTUAL_PARITY_SUFFIX}"] = r.to_dict()
             for t in tasks:
                 if t.name not in parity:
                     parity[t.name] = {ParityKeys.SKIPPED: f"{t.method.value} tasks do not run on the {rt.backend.name} backend"}

@@ -208,6 +208,8 @@ def test_virtual_tokens_run_on_stock_llama_cpp(bundle_of):
     np.testing.assert_allclose(stock[: ours.shape[0]], ours, atol=1e-3)
     assert np.all(stock[ids] == 0.0)  # virtual ids have zero output rows: logit exactly 0
     llm.close()
+    vt = m["parity"]["pt#virtual_tokens"]  # the export checked the id path against torch too
+    assert vt["max_abs_logit_diff"] <= 1e-3 and vt["top1_agreement"] == 1.0
 
 
 def test_cli_export_prints_parity_and_types(tmp_path, tiny_tied_dir, tiny_bank, env):
