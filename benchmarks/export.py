@@ -61,9 +61,6 @@ def main() -> None:
             name = task or "(plain)"
             lead = f"| {c} | {mb / 2**20:.1f} | {meas['wall_s']:.0f} | {meas['rss_mib']:.0f} | {types} " if first else "| | | | | "
             first = False
-            if "skipped" in r:
-                lines.append(lead + f"| {name} | skipped: {r['skipped']} | | | |")
-                continue
             acc = "" if r["accuracy_reference"] is None else f"{r['accuracy_reference']:.3f} -> {r['accuracy_export']:.3f}"
             la = "" if r["label_agreement"] is None else f"{r['label_agreement']:.3f}"
             lines.append(lead + f"| {name} | {r['max_abs_logit_diff']:.2e} | {r['top1_agreement']:.3f} | {la} | {acc} |")

@@ -26,7 +26,6 @@ from .constants import (
     TASK_MANIFEST_FILE,
     TASKS_DIR,
     FileKeys,
-    ParityKeys,
     TaskFormKeys,
     TaskRecordKeys,
     PROBES_REFERENCE_FILE,
@@ -138,8 +137,8 @@ class Bundle:
         return self.manifest.get(BundleKeys.TOKENIZER, {})
 
     def parity(self) -> dict[str, ParityResult]:
-        """The parity results recorded at export (tasks the backend could not run are left out)."""
-        return {t: ParityResult.from_dict(d) for t, d in self.manifest.get(BundleKeys.PARITY, {}).items() if ParityKeys.SKIPPED not in d}
+        """The parity results recorded at export."""
+        return {t: ParityResult.from_dict(d) for t, d in self.manifest.get(BundleKeys.PARITY, {}).items()}
 
     def probes(self) -> tuple[list[Probe], np.ndarray]:
         """The probe set and the torch fp32 reference logits ``[N, V]`` stored at export."""

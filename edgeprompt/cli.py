@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Sequence
 
-from .constants import BANK_ENV, DEFAULT_MODEL, BundleKeys, FileKeys, ParityKeys, TaskKeys, TaskKind
+from .constants import BANK_ENV, DEFAULT_MODEL, BundleKeys, FileKeys, TaskKeys, TaskKind
 from .io import EdgePromptError, TrainingInterrupted
 
 
@@ -265,9 +265,6 @@ def cmd_export(args) -> int:
     print(f"tensor types written: {m['model']['tensor_types']}")
     for task, r in m["parity"].items():
         name = task or "(plain model)"
-        if ParityKeys.SKIPPED in r:
-            print(f"  parity {name}: skipped ({r[ParityKeys.SKIPPED]})")
-            continue
         acc = "" if r["accuracy_reference"] is None else f", accuracy {r['accuracy_reference']:.2f} -> {r['accuracy_export']:.2f}"
         print(f"  parity {name}: max |dlogit| {r['max_abs_logit_diff']:.2e}, top-1 agreement {r['top1_agreement']:.0%}{acc} ({r['probes']} probes)")
     vt = m["model"].get("virtual_tokens")

@@ -247,4 +247,3 @@ class ParityKeys:
     ACCURACY_EXPORT = "accuracy_export"
     LABEL_AGREEMENT = "label_agreement"
     PASSED = "passed"
-    SKIPPED = "skipped"  # instead of figures: why the backend cannot run the task

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -105,18 +105,6 @@ def compare(
         passed = None if max_abs is None else bool(diff <= max_abs)
         out[task] = ParityResult(len(rows), diff, top1, lab_agree, acc_r, acc_c, passed)
     return out
-
-
-def run(
-    probes: Sequence[Probe],
-    reference: np.ndarray,
-    last_logits: Callable[[str, str], np.ndarray],
-    label_ids: LabelIds | None = None,
-    max_abs: float | None = None,
-) -> dict[str, ParityResult]:
-    """Run ``last_logits(task, text) -> [V]`` on every probe and :func:`compare` with ``reference``."""
-    cand = np.stack([np.asarray(last_logits(p.task, p.text), dtype=np.float32) for p in probes])
-    return compare(reference, cand, probes, label_ids, max_abs)
 
 
 def check_fp32(results: dict[str, ParityResult], what: str, max_abs: float = PARITY_FP32_MAX_ABS) -> None:

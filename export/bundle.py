@@ -58,7 +58,6 @@ from edgeprompt.constants import (
     Method,
     ModelFormat,
     ModelKeys,
-    ParityKeys,
     TaskForm,
     TaskFormKeys,
     TaskKeys,
@@ -200,7 +199,7 @@ def _reference_logits(lm, tasks: dict[str, BankTask], probes: list[Probe]) -> np
     import torch
 
     from edgeprompt.api import task_kv
-    from edgeprompt.prefix import full_logits
+    from edgeprompt.prefix import logits_at, text_hidden
 
     kvs = {}
     rows = []
@@ -213,7 +212,8 @@ def _reference_logits(lm, tasks: dict[str, BankTask], probes: list[Probe]) -> np
                     kvs[p.task] = task_kv(lm, tasks[p.task])
                 kv, ids = kvs[p.task], tasks[p.task].spec.encode_input(lm.encode, p.text)
             x = torch.tensor([ids])
-            rows.append(full_logits(lm, kv, x, torch.ones_like(x))[0, -1].float().numpy())
+            h = text_hidden(lm, kv, x, torch.ones_like(x))[0, -1]  # the LM head on the last position only
+            rows.append(logits_at(lm, h).float().numpy())
     return np.stack(rows)
 
 
@@ -376,11 +376,9 @@ def export_bundle(
 
         rt = open_bundle(tmp, threads=cfg.threads, verify=False, n_ctx=4096)
         try:
-            runnable = [i for i, p in enumerate(probes) if rt.supports(p.task or None)]
-            sel = [probes[i] for i in runnable]
-            cand = np.stack([rt.logits(p.task or None, p.text) for p in sel])
+            cand = np.stack([rt.logits(p.task or None, p.text) for p in probes])
             V = ref.shape[1]
-            results = compare(ref[runnable], cand[:, :V], sel, rt.label_ids(), max_abs=PARITY_FP32_MAX_ABS if cfg.quant in FULL_PRECISION_QUANTS else None)
+            results = compare(ref, cand, probes, rt.label_ids(), max_abs=PARITY_FP32_MAX_ABS if cfg.quant in FULL_PRECISION_QUANTS else None)
             if cfg.quant in FULL_PRECISION_QUANTS:
                 check_fp32(results, f"{cfg.format} {cfg.quant} export")
             parity = {t: r.to_dict() for t, r in results.items()}
@@ -395,9 +393,6 @@ def export_bundle(
                         got.append(seq.feed_ids(list(ids) + rt.input_ids(name, p.text))[:V])
                 r = compare(ref[rows], np.stack(got), vt_probes, rt.label_ids())[name]
                 parity[f"{name}{VIRTUAL_PARITY_SUFFIX}"] = r.to_dict()
-            for t in tasks:
-                if t.name not in parity:
-                    parity[t.name] = {ParityKeys.SKIPPED: f"{t.method.value} tasks do not run on the {rt.backend.name} backend"}
             if cfg.with_kv:
                 for t in tasks:
                     if t.method != Method.PROMPT_TUNING:

@@ -40,7 +40,6 @@ class OnnxBackend:
         self.vocab_size = engine.vocab_size
         self.hidden_size = engine.hidden_size
         self.n_ctx = None  # bounded by the model's positions only
-        self.supports_kv_prefix = True
 
     def prefix_from_kv(self, kv: np.ndarray) -> Prefix:
         st = self.engine.state_from_kv(kv)
@@ -88,7 +87,6 @@ class LlamaCppBackend:
         self.vocab_size = engine.vocab_size
         self.hidden_size = engine.hidden_size
         self.n_ctx = engine.n_ctx
-        self.supports_kv_prefix = True
 
     def prefix_from_kv(self, kv: np.ndarray) -> Prefix:
         """A prefix-tuning KV ``[L, 2, h, P, hd]`` as a sequence-state blob (see ``state_from_kv``)."""

@@ -27,8 +27,10 @@ import numpy as np
 from edgeprompt.bank import BankTask, PromptBank
 from edgeprompt.bundle import Bundle
 from edgeprompt.constants import (
+    BANK_FILE,
     FULL_PRECISION_QUANTS,
     PARITY_FP32_MAX_ABS,
+    TASK_MANIFEST_FILE,
     TENSOR_KV_PREFIX,
     TENSOR_PROMPT_EMBEDDINGS,
     Method,
@@ -40,7 +42,7 @@ from edgeprompt.constants import (
     TaskRecordKeys,
     TokenizerKeys,
 )
-from edgeprompt.io import EdgePromptError, read_safetensors
+from edgeprompt.io import EdgePromptError, read_json, read_safetensors
 from edgeprompt.parity import PLAIN, ParityResult, Probe, compare
 
 from .backends import LlamaCppBackend, OnnxBackend, Prefix
@@ -175,22 +177,13 @@ class Runtime:
             t = source
         else:
             p = Path(source)
-            if name is not None and (p / "bank.json").exists():
+            if name is not None and (p / BANK_FILE).exists():
                 t = PromptBank(p).task(name)
             else:
-                from edgeprompt.constants import TASK_MANIFEST_FILE
-                from edgeprompt.io import read_json
-
                 if not (p / TASK_MANIFEST_FILE).exists():
                     raise EdgePromptError(f"{p} is not a task folder (no {TASK_MANIFEST_FILE}); pass BANK and name=TASK.")
                 t = BankTask(p.name, p, read_json(p / TASK_MANIFEST_FILE, "task manifest"))
-        if t.method == Method.PREFIX_TUNING and not self.backend.supports_kv_prefix:
-            self.backend.prefix_from_kv(np.zeros((0, 2, 0, 0, 0)))  # raises the explanation
         return self._register(t).name
-
-    def supports(self, task: str | None) -> bool:
-        """Whether this backend can run the task (llama.cpp cannot take a prefix-tuning KV)."""
-        return task is None or self._entry(task).method == Method.PROMPT_TUNING or self.backend.supports_kv_prefix
 
     def _entry(self, task: str) -> _Task:
         e = self._tasks.get(task)
@@ -291,20 +284,15 @@ class Runtime:
             raise EdgePromptError(f"task {task!r} is a {spec.kind.value} task; use generate.")
         verbs = spec.verbalizer_ids(self.encode)
         ids = self.input_ids(task, text, reserve=max(len(v) for v in verbs), truncate=truncate)
-        scores = np.zeros(len(verbs))
         with self.backend.sequence(self._prefix_of(e)) as seq:
             first = _log_softmax(seq.feed_ids(ids)[: self.vocab_size])
-            if all(len(v) == 1 for v in verbs):
-                scores = np.array([first[v[0]] for v in verbs])
-            else:
-                after_input = seq.snapshot()
-        if not all(len(v) == 1 for v in verbs):
+            after_input = None if all(len(v) == 1 for v in verbs) else seq.snapshot()
+        scores = np.array([first[v[0]] for v in verbs])
+        if after_input is not None:  # multi-token verbalizers: continue from the input, one label at a time
             for k, v in enumerate(verbs):
-                s = first[v[0]]
                 with self.backend.sequence(after_input) as seq2:
                     for a, b in zip(v[:-1], v[1:]):
-                        s += _log_softmax(seq2.feed_ids([a])[: self.vocab_size])[b]
-                scores[k] = s
+                        scores[k] += _log_softmax(seq2.feed_ids([a])[: self.vocab_size])[b]
         probs = np.exp(scores - scores.max())
         probs /= probs.sum()
         labels = spec.labels
@@ -388,7 +376,7 @@ class Runtime:
         """Rerun the export's parity probes on this device against the stored torch reference."""
         if probes is None:
             probes, reference = self.bundle.probes()
-        keep = [i for i, p in enumerate(probes) if p.task == PLAIN or (p.task in self._tasks and self.supports(p.task))]
+        keep = [i for i, p in enumerate(probes) if p.task == PLAIN or p.task in self._tasks]
         probes = [probes[i] for i in keep]
         reference = np.asarray(reference)[keep]
         cand = np.stack([self.logits(p.task or None, p.text) for p in probes])

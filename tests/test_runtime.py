@@ -138,7 +138,7 @@ def test_prefix_cache_cold_then_warm_and_lru(fp32_bundle):
         assert one > 0
     # a budget of one entry: the least recently used task is evicted
     with open_bundle(fp32_bundle, cache_mb=1.5 * one / 2**20) as rt:
-        tasks = [t for t in rt.tasks if rt.supports(t)]
+        tasks = rt.tasks
         rt.logits("pt", "x")
         if "px" in tasks:
             rt.logits("px", "x")
@@ -154,9 +154,9 @@ def test_threads_with_mixed_tasks_equal_sequential(fp32_bundle):
 
     texts = ["good food", "awful day", "the movie was fine", "sad and angry", "love it", "worst service"]
     with open_bundle(fp32_bundle) as rt:
-        one = max(rt.prefix(t).nbytes for t in rt.tasks if rt.supports(t))
+        one = max(rt.prefix(t).nbytes for t in rt.tasks)
     with open_bundle(fp32_bundle, cache_mb=1.2 * one / 2**20) as rt:  # room for one prefix: misses and evictions under load
-        tasks = [t for t in rt.tasks if rt.supports(t)] + [None]
+        tasks = rt.tasks + [None]
         reqs = [(tasks[i % len(tasks)], texts[i % len(texts)], i % 3 == 0) for i in range(24)]
 
         def run(req):
