@@ -20,23 +20,7 @@ from edgeprompt.bundle import Bundle
 from edgeprompt.constants import BundleKeys, FileKeys, ModelFormat, ModelKeys
 from edgeprompt.io import EdgePromptError
 
-
-def unpermute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
-    """Inverse of :func:`edgeprompt.export.gguf_convert.permute_qk` (llama.cpp -> HF rotary layout)."""
-    return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
-_LAYER = {
-    "attn_norm": "input_layernorm",
-    "attn_q": "self_attn.q_proj",
-    "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj",
-    "ffn_norm": "post_attention_layernorm",
-    "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
-}
+from .gguf_convert import LAYER_TENSORS, unpermute_qk
 
 
 def gguf_state_dict(path: str | Path, config) -> dict[str, np.ndarray]:
@@ -58,13 +42,13 @@ def gguf_state_dict(path: str | Path, config) -> dict[str, np.ndarray]:
             out["lm_head.weight"] = w[:V]
         elif name.startswith("blk."):
             _, i, kind, _ = name.split(".")
-            if kind not in _LAYER:
+            if kind not in LAYER_TENSORS:
                 raise EdgePromptError(f"{path}: tensor {name} has no transformers llama counterpart.")
             if kind == "attn_q":
                 w = unpermute_qk(w, n_head)
             elif kind == "attn_k":
                 w = unpermute_qk(w, n_kv)
-            out[f"model.layers.{i}.{_LAYER[kind]}.weight"] = w
+            out[f"model.layers.{i}.{LAYER_TENSORS[kind]}.weight"] = w
         else:
             raise EdgePromptError(f"{path}: unexpected tensor {name}.")
     return out

@@ -40,7 +40,26 @@ import numpy as np
 
 import gguf
 
-__all__ = ["write_gguf", "permute_qk", "infer_pre_tokenizer"]
+__all__ = ["write_gguf", "permute_qk", "unpermute_qk", "infer_pre_tokenizer", "LAYER_TENSORS"]
+
+
+#: llama.cpp's per-layer tensor kind -> the transformers llama module (``model.layers.N.<module>.weight``).
+LAYER_TENSORS = {
+    "attn_norm": "input_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_norm": "post_attention_layernorm",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+
+
+def unpermute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
+    """Inverse of :func:`permute_qk` (llama.cpp -> transformers rotary layout)."""
+    return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
 def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -114,37 +133,12 @@ def _build_tokenizer_kv(tokenizer, n_vocab: int) -> list[tuple]:
     return kv
 
 
-def _copy_tokenizer_kv(source_gguf: str) -> list[tuple]:
-    """Copy every tokenizer.* key (incl. chat template and pre-tokenizer) verbatim."""
-    T = gguf.GGUFValueType
-    r = gguf.GGUFReader(source_gguf)
-    kv = []
-    for key, f in r.fields.items():
-        if not key.startswith("tokenizer."):
-            continue
-        vtype = f.types[0]
-        if vtype == T.ARRAY:
-            sub = f.types[-1]
-            val = f.contents()
-            if sub not in (T.STRING, T.FLOAT32, T.FLOAT64, T.BOOL):
-                val = [int(x) for x in val]
-            kv.append((key, list(val), T.ARRAY, sub))
-        else:
-            val = f.contents()
-            kv.append((key, val.item() if hasattr(val, "item") else val, vtype, None))
-    return kv
-
-
 def write_gguf(model, tokenizer, out_path, *, file_type: str = "f32",
-               extra_metadata: dict | None = None, source_gguf: str | None = None,
                extra_embeddings: np.ndarray | None = None,
                extra_token_names: list[str] | None = None) -> dict:
     """Write ``model`` (LlamaForCausalLM) + ``tokenizer`` (fast byte-level BPE) to ``out_path``.
 
     file_type: "f32" or "f16" (f16 applies to 2-D matrices; norms stay f32).
-    extra_metadata: {key: value} added as-is (bool -> BOOL, int -> INT64, float -> FLOAT32,
-        str -> STRING, list -> ARRAY, anything else -> JSON string), e.g. "edgeprompt.foo".
-    source_gguf: copy tokenizer.* keys from this GGUF instead of rebuilding them.
     extra_embeddings / extra_token_names: virtual tokens appended after the vocab.
     Returns {"tensor_types": {type: count}, "vocab_size": int, "virtual_token_ids": [...],
              "untied_output_for_virtual_tokens": bool}.
@@ -161,7 +155,6 @@ def write_gguf(model, tokenizer, out_path, *, file_type: str = "f32",
     if getattr(cfg, "hidden_act", "silu") != "silu":
         raise NotImplementedError(f"hidden_act {cfg.hidden_act} not supported")
 
-    T = gguf.GGUFValueType
     d, n_head = cfg.hidden_size, cfg.num_attention_heads
     n_kv = getattr(cfg, "num_key_value_heads", None) or n_head
     head_dim = getattr(cfg, "head_dim", None) or d // n_head
@@ -183,7 +176,7 @@ def write_gguf(model, tokenizer, out_path, *, file_type: str = "f32",
     total_vocab = n_vocab + n_extra
 
     # --- tokenizer keys
-    tok_kv = _copy_tokenizer_kv(source_gguf) if source_gguf else _build_tokenizer_kv(tokenizer, n_vocab)
+    tok_kv = _build_tokenizer_kv(tokenizer, n_vocab)
     tok_kv = {k: [v, vt, st] for k, v, vt, st in tok_kv}
     if len(tok_kv["tokenizer.ggml.tokens"][0]) != n_vocab:
         raise ValueError(f"tokenizer has {len(tok_kv['tokenizer.ggml.tokens'][0])} tokens, "
@@ -215,19 +208,6 @@ def write_gguf(model, tokenizer, out_path, *, file_type: str = "f32",
         w.add_value_length(head_dim)
     for k, (v, vt, st) in tok_kv.items():
         w.add_key_value(k, v, vt, st)
-    for k, v in (extra_metadata or {}).items():
-        if isinstance(v, bool):
-            w.add_bool(k, v)
-        elif isinstance(v, int):
-            w.add_int64(k, v)
-        elif isinstance(v, float):
-            w.add_float32(k, v)
-        elif isinstance(v, str):
-            w.add_key_value(k, v, T.STRING)  # add_string() silently drops ""
-        elif isinstance(v, (list, tuple)):
-            w.add_array(k, list(v))
-        else:
-            w.add_string(k, json.dumps(v))
 
     # --- tensors
     counts: Counter = Counter()
@@ -251,17 +231,11 @@ def write_gguf(model, tokenizer, out_path, *, file_type: str = "f32",
         if n_extra:
             out = np.concatenate([out, np.zeros((n_extra, d), np.float32)], 0)
         add("output.weight", out)
+    heads = {"attn_q": n_head, "attn_k": n_kv}
     for i in range(cfg.num_hidden_layers):
-        p = f"model.layers.{i}."
-        add(f"blk.{i}.attn_norm.weight", sd[p + "input_layernorm.weight"])
-        add(f"blk.{i}.attn_q.weight", permute_qk(sd[p + "self_attn.q_proj.weight"], n_head))
-        add(f"blk.{i}.attn_k.weight", permute_qk(sd[p + "self_attn.k_proj.weight"], n_kv))
-        add(f"blk.{i}.attn_v.weight", sd[p + "self_attn.v_proj.weight"])
-        add(f"blk.{i}.attn_output.weight", sd[p + "self_attn.o_proj.weight"])
-        add(f"blk.{i}.ffn_norm.weight", sd[p + "post_attention_layernorm.weight"])
-        add(f"blk.{i}.ffn_gate.weight", sd[p + "mlp.gate_proj.weight"])
-        add(f"blk.{i}.ffn_up.weight", sd[p + "mlp.up_proj.weight"])
-        add(f"blk.{i}.ffn_down.weight", sd[p + "mlp.down_proj.weight"])
+        for kind, hf in LAYER_TENSORS.items():
+            wt = sd[f"model.layers.{i}.{hf}.weight"]
+            add(f"blk.{i}.{kind}.weight", permute_qk(wt, heads[kind]) if kind in heads else wt)
 
     w.write_header_to_file()
     w.write_kv_data_to_file()
