@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Sequence
 
-from .constants import BANK_ENV, DEFAULT_MODEL, BundleKeys, FileKeys, TaskKeys, TaskKind
+from .constants import BACKENDS, BANK_ENV, DEFAULT_MODEL, BundleKeys, FileKeys, ModelKeys, ParityKeys, TaskKeys, TaskKind
 from .io import EdgePromptError, TrainingInterrupted
 
 
@@ -261,13 +261,14 @@ def cmd_export(args) -> int:
     res = export_bundle(args.output, bank=bank, model=args.model, config=cfg, overwrite=args.overwrite, log=lambda s: print(s, file=sys.stderr))
     m = res.manifest
     size = sum(f[FileKeys.BYTES] for f in m[BundleKeys.FILES].values())
-    print(f"bundle {res.path}: {cfg.format} {cfg.quant}, {len(m['tasks'])} task(s), {size / 2**20:.1f} MiB, {res.timings['total_s']} s")
-    print(f"tensor types written: {m['model']['tensor_types']}")
-    for task, r in m["parity"].items():
+    K = ParityKeys
+    print(f"bundle {res.path}: {cfg.format} {cfg.quant}, {len(m[BundleKeys.TASKS])} task(s), {size / 2**20:.1f} MiB, {res.timings['total_s']} s")
+    print(f"tensor types written: {m[BundleKeys.MODEL][ModelKeys.TENSOR_TYPES]}")
+    for task, r in m[BundleKeys.PARITY].items():
         name = task or "(plain model)"
-        acc = "" if r["accuracy_reference"] is None else f", accuracy {r['accuracy_reference']:.2f} -> {r['accuracy_export']:.2f}"
-        print(f"  parity {name}: max |dlogit| {r['max_abs_logit_diff']:.2e}, top-1 agreement {r['top1_agreement']:.0%}{acc} ({r['probes']} probes)")
-    vt = m["model"].get("virtual_tokens")
+        acc = "" if r[K.ACCURACY_REFERENCE] is None else f", accuracy {r[K.ACCURACY_REFERENCE]:.2f} -> {r[K.ACCURACY_EXPORT]:.2f}"
+        print(f"  parity {name}: max |dlogit| {r[K.MAX_ABS_LOGIT_DIFF]:.2e}, top-1 agreement {r[K.TOP1_AGREEMENT]:.0%}{acc} ({r[K.PROBES]} probes)")
+    vt = m[BundleKeys.MODEL].get(ModelKeys.VIRTUAL_TOKENS)
     if vt:
         for task, ids in vt.items():
             print(f"  virtual tokens of {task}: ids {ids[0]}..{ids[-1]} (prepend them; mask them when sampling: logit_bias)")
@@ -285,7 +286,7 @@ def cmd_run(args) -> int:
     try:
         text = args.text if args.text != "-" else sys.stdin.read()
         task = args.task
-        if task is not None and not args.generate and rt._entry(task).task.spec.kind == TaskKind.CLASSIFICATION:
+        if task is not None and not args.generate and rt.task_info(task)["kind"] == TaskKind.CLASSIFICATION.value:
             out = rt.classify(task, text, truncate=args.truncate)
             if args.json:
                 print(json.dumps(out.to_dict()))
@@ -342,7 +343,7 @@ def cmd_serve(args) -> int:
 
 def _add_runtime(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", help="a bundle folder written by `edgeprompt export`")
-    p.add_argument("--backend", choices=["auto", "onnx", "llamacpp"], default="auto")
+    p.add_argument("--backend", choices=BACKENDS, default="auto")
     p.add_argument("--threads", type=int, help="compute threads (default: cores up to 4, then one fewer; or $EDGEPROMPT_THREADS)")
     p.add_argument("--cache-mb", type=float, default=256.0, help="memory budget of the per-task prefix cache (LRU), MB")
     p.add_argument("--n-ctx", type=int, default=2048, help="llama.cpp context, tokens")

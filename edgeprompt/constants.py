@@ -164,6 +164,10 @@ LLAMA_STATE_SUFFIX = ".llama-state"
 PARITY_FP32_MAX_ABS = 1e-3
 
 
+#: The runtimes' backends ("auto" picks the bundle's own format).
+BACKENDS = ("auto", "onnx", "llamacpp")
+
+
 class ModelFormat(str, Enum):
     ONNX = "onnx"
     GGUF = "gguf"

@@ -27,6 +27,7 @@ import numpy as np
 from edgeprompt.bank import BankTask, PromptBank
 from edgeprompt.bundle import Bundle
 from edgeprompt.constants import (
+    BACKENDS,
     BANK_FILE,
     FULL_PRECISION_QUANTS,
     PARITY_FP32_MAX_ABS,
@@ -47,7 +48,6 @@ from edgeprompt.parity import PLAIN, ParityResult, Probe, compare
 
 from .backends import LlamaCppBackend, OnnxBackend, Prefix
 
-BACKENDS = ("auto", "onnx", "llamacpp")
 
 
 @dataclass
@@ -184,6 +184,12 @@ class Runtime:
                     raise EdgePromptError(f"{p} is not a task folder (no {TASK_MANIFEST_FILE}); pass BANK and name=TASK.")
                 t = BankTask(p.name, p, read_json(p / TASK_MANIFEST_FILE, "task manifest"))
         return self._register(t).name
+
+    def task_info(self, task: str) -> dict:
+        """``{"name", "method", "kind", "labels"}`` of a task (the CLI and ``GET /tasks`` show this)."""
+        e = self._entry(task)
+        spec = e.task.spec
+        return {"name": e.name, "method": e.method.value, "kind": spec.kind.value, "labels": list(spec.labels)}
 
     def _entry(self, task: str) -> _Task:
         e = self._tasks.get(task)

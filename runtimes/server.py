@@ -72,10 +72,7 @@ def _handler(rt: Runtime):
             if self.path == "/health":
                 self._send(200, {"ok": True, "backend": rt.backend.name, "quant": rt.bundle.quant})
             elif self.path == "/tasks":
-                tasks = []
-                for name in rt.tasks:
-                    spec = rt._entry(name).task.spec
-                    tasks.append({"name": name, "method": rt._entry(name).method.value, "kind": spec.kind.value, "labels": spec.labels})
+                tasks = [rt.task_info(name) for name in rt.tasks]
                 s = rt.cache.stats
                 self._send(200, {"tasks": tasks, "cache": {"hits": s.hits, "misses": s.misses, "entries": s.entries, "bytes": s.bytes}})
             else:
