@@ -45,6 +45,7 @@ from edgeprompt.constants import (
 )
 from edgeprompt.io import EdgePromptError, read_json, read_safetensors
 from edgeprompt.parity import PLAIN, ParityResult, Probe, compare
+from edgeprompt.tasks import TaskSpec
 
 from .backends import LlamaCppBackend, OnnxBackend, Prefix
 
@@ -65,9 +66,11 @@ class _Task:
     name: str
     task: BankTask
     method: Method
+    spec: TaskSpec  # read once from the manifest
     prompt: np.ndarray | None = None  # [P, d] prompt tuning
     kv: np.ndarray | None = None  # [L, 2, h, P, hd] prefix tuning
     shipped: Path | None = None  # a KV computed at export by this model
+    verbalizers: list[list[int]] | None = None  # token ids per label (classification), encoded once
 
 
 @dataclass
@@ -155,7 +158,9 @@ class Runtime:
         info = self.bundle.base_model
         info.check_compatible(t.base_model, f"task {t.name!r}")
         tensors = t.tensors()
-        entry = _Task(t.name, t, t.method)
+        entry = _Task(t.name, t, t.method, t.spec)
+        if entry.spec.kind == TaskKind.CLASSIFICATION:
+            entry.verbalizers = entry.spec.verbalizer_ids(self.encode)
         if t.method == Method.PROMPT_TUNING:
             entry.prompt = tensors[TENSOR_PROMPT_EMBEDDINGS].astype(np.float32)
         else:
@@ -188,7 +193,7 @@ class Runtime:
     def task_info(self, task: str) -> dict:
         """``{"name", "method", "kind", "labels"}`` of a task (the CLI and ``GET /tasks`` show this)."""
         e = self._entry(task)
-        spec = e.task.spec
+        spec = e.spec
         return {"name": e.name, "method": e.method.value, "kind": spec.kind.value, "labels": list(spec.labels)}
 
     def _entry(self, task: str) -> _Task:
@@ -248,7 +253,7 @@ class Runtime:
             ids = self.encode(text)
             spec = None
         else:
-            spec = self._entry(task).task.spec
+            spec = self._entry(task).spec
             ids = spec.encode_input(self.encode, text)
         if not ids:
             raise EdgePromptError("the text encodes to no tokens; pass a non-empty text.")
@@ -285,10 +290,10 @@ class Runtime:
         if task is None:
             raise EdgePromptError("classify needs a classification task; task=None runs the plain model (use generate).")
         e = self._entry(task)
-        spec = e.task.spec
+        spec = e.spec
         if spec.kind != TaskKind.CLASSIFICATION:
             raise EdgePromptError(f"task {task!r} is a {spec.kind.value} task; use generate.")
-        verbs = spec.verbalizer_ids(self.encode)
+        verbs = e.verbalizers
         ids = self.input_ids(task, text, reserve=max(len(v) for v in verbs), truncate=truncate)
         with self.backend.sequence(self._prefix_of(e)) as seq:
             first = _log_softmax(seq.feed_ids(ids)[: self.vocab_size])
@@ -373,9 +378,8 @@ class Runtime:
         with self._tasks_lock:
             items = list(self._tasks.items())
         for name, e in items:
-            spec = e.task.spec
-            if spec.kind == TaskKind.CLASSIFICATION:
-                out[name] = (spec.labels, [v[0] for v in spec.verbalizer_ids(self.encode)])
+            if e.verbalizers is not None:
+                out[name] = (e.spec.labels, [v[0] for v in e.verbalizers])
         return out
 
     def check_parity(self, probes: Sequence[Probe] | None = None, reference: np.ndarray | None = None) -> dict[str, ParityResult]:
