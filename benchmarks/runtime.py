@@ -62,7 +62,7 @@ def bandwidth_gbs(mib: int = 512, reps: int = 5) -> float:
 def child_llama_stock(a) -> dict:
     import llama_cpp
 
-    from edgeprompt.bundle import Bundle
+    from edgeprompt.core.bundle import Bundle
 
     b = Bundle.open(a.gguf, verify=False)
     t0 = time.perf_counter()
@@ -87,10 +87,10 @@ def child_llama_stock(a) -> dict:
 def _follow_ids(a) -> list[int]:
     from tokenizers import Tokenizer
 
-    from edgeprompt.bundle import Bundle
+    from edgeprompt.core.bundle import Bundle
 
     tok = Tokenizer.from_file(str(Bundle.open(a.gguf, verify=False).tokenizer_file))
-    words = (" the sunset was amazing and we stayed on the beach until it was dark" * 20)
+    words = " the sunset was amazing and we stayed on the beach until it was dark" * 20
     return tok.encode(words, add_special_tokens=False).ids[: a.tokens]
 
 
@@ -126,7 +126,7 @@ def _swaps_and_ttft(rt, a) -> dict:
         return {}
     out = {}
     for name in tasks:  # cold swap per task: prompt tuning prefills P rows, prefix tuning only wraps its KV
-        e = rt._entry(name)
+        e = rt.store.get(name)
         cold = []
         for _ in range(5):
             rt.cache.drop(name)
@@ -135,9 +135,14 @@ def _swaps_and_ttft(rt, a) -> dict:
             rt.prefix(name)
             cold.append(time.perf_counter() - t)
             e.shipped = e_shipped
-        stored = (e.prompt if e.prompt is not None else e.kv).nbytes
-        out[f"cold:{name}"] = {"method": e.method.value, "cold_ms_p50": 1e3 * statistics.median(cold),
-                               "prefix_tokens": rt.prefix(name).length, "cached_bytes": rt.prefix(name).nbytes, "stored_bytes": stored}
+        stored = len(e.read_tensors())
+        out[f"cold:{name}"] = {
+            "method": e.method.name,
+            "cold_ms_p50": 1e3 * statistics.median(cold),
+            "prefix_tokens": rt.prefix(name).length,
+            "cached_bytes": rt.prefix(name).nbytes,
+            "stored_bytes": stored,
+        }
     out["swap_cold_ms_p50"] = out[f"cold:{tasks[0]}"]["cold_ms_p50"]
     for t_ in tasks:
         rt.prefix(t_)
@@ -169,8 +174,8 @@ def _swaps_and_ttft(rt, a) -> dict:
 
 
 def child_onnx_ours(a, model_dir: str | None = None) -> dict:
-    from edgeprompt.runtimes.backends import OnnxBackend
-    from edgeprompt.runtimes.onnx_engine import OnnxEngine
+    from edgeprompt.runtimes.backend import OnnxBackend
+    from edgeprompt.runtimes.onnx.engine import OnnxEngine
 
     if model_dir:  # optimum's export: the same file the peer runs
         t0 = time.perf_counter()
@@ -186,7 +191,7 @@ def child_onnx_ours(a, model_dir: str | None = None) -> dict:
     load_s = time.perf_counter() - t0
     from tokenizers import Tokenizer
 
-    from edgeprompt.bundle import Bundle
+    from edgeprompt.core.bundle import Bundle
 
     tok = Tokenizer.from_file(str(Bundle.open(a.gguf, verify=False).tokenizer_file))
     ids = tok.encode(TEXT, add_special_tokens=False).ids
@@ -226,7 +231,7 @@ def child_onnx_optimum(a) -> dict:
     load_s = time.perf_counter() - t0
     from tokenizers import Tokenizer
 
-    from edgeprompt.bundle import Bundle
+    from edgeprompt.core.bundle import Bundle
 
     tok = Tokenizer.from_file(str(Bundle.open(a.gguf, verify=False).tokenizer_file))
     ids = torch.tensor([tok.encode(TEXT, add_special_tokens=False).ids])
@@ -283,7 +288,9 @@ def main() -> None:
         order = names if r % 2 == 0 else names[::-1]
         for n in order:
             runs[n].append(run_child(n, argv))
-            print(f"  run {r + 1}/{a.repeats} {n}: {json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in runs[n][-1].items()})}", file=sys.stderr)
+            print(
+                f"  run {r + 1}/{a.repeats} {n}: {json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in runs[n][-1].items()})}", file=sys.stderr
+            )
         bw.append(bandwidth_gbs())
 
     def med(n, k):
@@ -304,7 +311,7 @@ def main() -> None:
     # roofline: every weight byte is read once per decoded token (the tied output matrix included)
     from gguf import GGUFReader
 
-    from edgeprompt.bundle import Bundle
+    from edgeprompt.core.bundle import Bundle
 
     weight_bytes = sum(int(t.n_bytes) for t in GGUFReader(str(Bundle.open(a.gguf, verify=False).model_file)).tensors)
     res["weight_bytes"] = weight_bytes

@@ -38,10 +38,10 @@ def main() -> None:
 
     import torch
 
-    from edgeprompt.data import load_tweets
-    from edgeprompt.methods import get_method
-    from edgeprompt.models import FrozenLM
-    from edgeprompt.training import TrainConfig, train
+    from edgeprompt.core.data import load_tweets
+    from edgeprompt.core.methods import get_method
+    from edgeprompt.train.loop import TrainConfig, train
+    from edgeprompt.train.models import FrozenLM
 
     lm = FrozenLM.load("default")
     data = load_tweets()
@@ -68,8 +68,10 @@ def main() -> None:
         curve = ", ".join(f"{h['step']}:{h['dev']['accuracy']:.3f}" for h in res.history)
         train_s = res.history[-1].get("wall_s", wall)
         label = f"{args.method} ({encoder}, mlp lr x{ratio:g})" if encoder else args.method
-        row = (f"| {label} | {lr:g} | {P} | {init} | {bs} | {ml} | {args.steps} | {curve} | {res.best_dev['accuracy']:.3f} "
-               f"| {train_s:.0f} | {wall / args.steps:.2f} | `{cmd}` |\n")
+        row = (
+            f"| {label} | {lr:g} | {P} | {init} | {bs} | {ml} | {args.steps} | {curve} | {res.best_dev['accuracy']:.3f} "
+            f"| {train_s:.0f} | {wall / args.steps:.2f} | `{cmd}` |\n"
+        )
         with open(out, "a") as f:
             f.write(row)
         print(row, end="", flush=True)

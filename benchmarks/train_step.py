@@ -27,7 +27,7 @@ B, T, P = 8, 64, 20
 def batch(lm):
     import torch
 
-    from edgeprompt.data import load_tweets
+    from edgeprompt.core.data import load_tweets
 
     data = load_tweets()
     ids, rows = [], data.train
@@ -45,23 +45,23 @@ def child(impl: str, method: str, steps: int, warmup: int, threads: int) -> dict
     import torch
 
     torch.set_num_threads(threads)
-    from edgeprompt.models import FrozenLM
+    from edgeprompt.train.models import FrozenLM
 
     lm = FrozenLM.load("default")
     ids = batch(lm)
     mask = torch.ones_like(ids)
     if impl == "edgeprompt":
-        from edgeprompt.batching import Batch
-        from edgeprompt.methods import get_method
-        from edgeprompt.prefix_tuning import PrefixTuningConfig
-        from edgeprompt.prompt_tuning import PromptTuningConfig
-        from edgeprompt.training import loss_on_batch
+        from edgeprompt.core.methods import get_method
+        from edgeprompt.methods.prefix_tuning import PrefixTuningConfig
+        from edgeprompt.methods.prompt_tuning import PromptTuningConfig
+        from edgeprompt.train.batching import Batch
+        from edgeprompt.train.loop import loss_on_batch
 
         if method == "prompt":
             cfg = PromptTuningConfig(num_virtual_tokens=P)
         else:
             cfg = PrefixTuningConfig(num_virtual_tokens=P, encoder_hidden_size=512, encoder="mlp" if method == "prefix-mlp" else "model+mlp")
-        module = get_method(method.split("-")[0]).module_cls(cfg, lm, init_text="Classify the sentiment of the tweet.")
+        module = get_method(method.split("-")[0]).trainer().module_cls(cfg, lm, init_text="Classify the sentiment of the tweet.")
         b = Batch(ids, mask, torch.arange(B), torch.full((B,), T - 1), ids[:, -1])
         params = [p for p in module.parameters() if p.requires_grad]
         step_fn = lambda: loss_on_batch(lm, module, b)  # noqa: E731
@@ -106,8 +106,12 @@ def main() -> None:
     res = {}
     runs = [("peft", "prompt"), ("edgeprompt", "prompt"), ("peft", "prefix-mlp"), ("edgeprompt", "prefix-mlp"), ("edgeprompt", "prefix")]
     for impl, method in runs:
-        out = subprocess.run([sys.executable, __file__, "--child", impl, method, "--steps", str(args.steps), "--warmup", str(args.warmup),
-                              "--threads", str(args.threads)], capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", impl, method, "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         res[impl, method] = json.loads(out.strip().splitlines()[-1])
     print(f"SmolLM2-135M, batch {B}, {T} tokens, P={P}, {args.threads} threads, median of {args.steps} steps after {args.warmup} warm-up")
     print(f"{'method':<11} {'impl':<11} {'step s':>8} {'peak RSS MiB':>13} {'trainable':>10}")
@@ -116,7 +120,9 @@ def main() -> None:
         print(f"{method:<11} {impl:<11} {r['step_s']:>8.3f} {r['peak_rss_mib']:>13.0f} {r['trainable']:>10,}")
     for method, peer in (("prompt", "prompt"), ("prefix-mlp", "prefix-mlp"), ("prefix", "prefix-mlp")):
         ours, peft = res["edgeprompt", method], res["peft", peer]
-        print(f"ratio {method:<11} speed {peft['step_s'] / ours['step_s']:.2f}x PEFT's   peak RSS {ours['peak_rss_mib'] / peft['peak_rss_mib']:.2f}x PEFT's  (PEFT {peer})")
+        print(
+            f"ratio {method:<11} speed {peft['step_s'] / ours['step_s']:.2f}x PEFT's   peak RSS {ours['peak_rss_mib'] / peft['peak_rss_mib']:.2f}x PEFT's  (PEFT {peer})"
+        )
 
 
 if __name__ == "__main__":

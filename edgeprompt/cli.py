@@ -1,15 +1,20 @@
-"""The ``edgeprompt`` command: a thin argparse layer over the library (no logic of its own)."""
+"""The ``edgeprompt`` command: a thin argparse layer over the library.
+
+Each ``cmd_*`` parses, calls one library entry point and prints its result; decisions (what passes,
+what is refused) are the library's.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 from typing import Sequence
 
-from .constants import BACKENDS, BANK_ENV, DEFAULT_MODEL, BundleKeys, FileKeys, ModelKeys, ParityKeys, TaskKeys, TaskKind
-from .io import EdgePromptError, TrainingInterrupted
+from edgeprompt.core.constants import BACKENDS, BANK_ENV, DEFAULT_MODEL, BundleKeys, FileKeys, ModelKeys, ParityKeys, TaskKeys, TaskKind
+from edgeprompt.core.errors import EdgePromptError, TrainingInterrupted
 
 
 def _default_bank() -> str:
@@ -22,7 +27,9 @@ def _size(s: str) -> int | float:
 
 
 def _add_model(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=DEFAULT_MODEL, help="'default' (SmolLM2-135M-Instruct, embedded), a transformers folder or a .gguf file of the llama family")
+    p.add_argument(
+        "--model", default=DEFAULT_MODEL, help="'default' (SmolLM2-135M-Instruct, embedded), a transformers folder or a .gguf file of the llama family"
+    )
 
 
 def _add_bank(p: argparse.ArgumentParser) -> None:
@@ -44,8 +51,8 @@ def _unescape(s: str | None) -> str | None:
 
 
 def _spec_from_args(args, data_source: str):
-    from .data import BUILTIN_TASKS
-    from .tasks import TaskSpec
+    from edgeprompt.core.data import BUILTIN_TASKS
+    from edgeprompt.core.tasks import TaskSpec
 
     given = any([args.template, args.instruction, args.labels, args.verbalizer]) or args.kind != TaskKind.CLASSIFICATION.value
     if data_source in BUILTIN_TASKS:
@@ -75,26 +82,31 @@ def _spec_from_args(args, data_source: str):
 
 def _load_data(args, spec=None):
     """The dataset of ``--data`` and the arguments that rebuild it; ``spec`` (a task's) wins over flags."""
-    from .data import BUILTIN_TASKS, load_dataset
+    from edgeprompt.core.data import BUILTIN_TASKS, load_dataset
 
     spec = spec or _spec_from_args(args, args.data)
     if args.data in BUILTIN_TASKS:
         load_args = {"source": args.data, "seed": args.data_seed}
     else:
         load_args = {
-            "source": os.path.abspath(args.data), "text_column": args.text_column, "label_column": args.label_column,
-            "seed": args.data_seed, "dev": args.dev, "test": args.test, "kind": args.kind,
+            "source": os.path.abspath(args.data),
+            "text_column": args.text_column,
+            "label_column": args.label_column,
+            "seed": args.data_seed,
+            "dev": args.dev,
+            "test": args.test,
+            "kind": args.kind,
         }
     kw = {k: v for k, v in load_args.items() if k != "source"}
     return load_dataset(load_args["source"], spec=spec, **kw), load_args
 
 
 def cmd_train(args) -> int:
-    from .api import format_reports, train_task
-    from .bank import PromptBank
-    from .methods import config_from_dict, get_method
-    from .models import FrozenLM
-    from .training import TrainConfig
+    from edgeprompt.core.bank import PromptBank
+    from edgeprompt.core.methods import all_methods, config_from_dict, get_method
+    from edgeprompt.train.loop import TrainConfig
+    from edgeprompt.train.models import FrozenLM
+    from edgeprompt.train.workflows import format_reports, train_task
 
     if args.threads is not None:
         if args.threads < 1:
@@ -108,17 +120,29 @@ def cmd_train(args) -> int:
         mcfg["init"] = args.init
     if args.init_text:
         mcfg["init_text"] = args.init_text
-    if spec_m.name == "prefix_tuning":
-        mcfg["projection"] = not args.no_projection
-        for key in ("encoder_hidden_size", "encoder", "mlp_lr_ratio"):
-            if getattr(args, key) is not None:
-                mcfg[key] = getattr(args, key)
-    elif args.no_projection or any(getattr(args, k) is not None for k in ("encoder_hidden_size", "encoder", "mlp_lr_ratio")):
-        raise EdgePromptError("--no-projection, --encoder, --encoder-hidden-size and --mlp-lr-ratio apply to --method prefix only.")
+    # method-specific options go to the method's config, which refuses the ones it does not have
+    opts = {
+        "projection": False if args.no_projection else None,
+        "encoder_hidden_size": args.encoder_hidden_size,
+        "encoder": args.encoder,
+        "mlp_lr_ratio": args.mlp_lr_ratio,
+    }
+    given = {k: v for k, v in opts.items() if v is not None}
+    have = {f.name for f in dataclasses.fields(spec_m.config_cls)}
+    if set(given) - have:
+        flags = ", ".join("--no-projection" if k == "projection" else "--" + k.replace("_", "-") for k in sorted(set(given) - have))
+        owners = [m for m in all_methods() if set(given) - have <= {f.name for f in dataclasses.fields(get_method(m).config_cls)}]
+        raise EdgePromptError(f"{flags} do not apply to --method {spec_m.name}" + (f"; they are options of {', '.join(owners)}." if owners else "."))
+    mcfg.update(given)
     method_config = config_from_dict(spec_m.config_cls, mcfg)
     tcfg = TrainConfig(
-        steps=args.steps, batch_size=args.batch_size, lr=args.lr, max_length=args.max_length,
-        eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, seed=args.seed,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        max_length=args.max_length,
+        eval_every=args.eval_every,
+        checkpoint_every=args.checkpoint_every,
+        seed=args.seed,
         warmup_steps=args.warmup_steps,
     )
     bank = PromptBank(args.bank)
@@ -129,13 +153,23 @@ def cmd_train(args) -> int:
     print(f"model: {lm.info.name} (fingerprint {lm.info.fingerprint[:16]})", file=sys.stderr)
     against = None
     if args.against:
-        from edgeprompt.export.against import load_against
+        from edgeprompt.export.gguf.against import load_against
 
         against = load_against(lm, args.against)
         print(f"training against {args.against}: {against['format']} {against['quant']} weights, dequantized", file=sys.stderr)
     task, summary = train_task(
-        lm, data, load_args, spec_m.name, method_config, tcfg, bank, name,
-        overwrite=args.overwrite, resume=args.resume, progress=not args.quiet, evaluate_test=not args.no_test,
+        lm,
+        data,
+        load_args,
+        spec_m.name,
+        method_config,
+        tcfg,
+        bank,
+        name,
+        overwrite=args.overwrite,
+        resume=args.resume,
+        progress=not args.quiet,
+        evaluate_test=not args.no_test,
         against=against,
     )
     print(f"saved task {name!r} ({spec_m.name}, P={task.num_virtual_tokens}) to bank {bank.root} after {summary['wall_time_s']:.0f} s of training")
@@ -146,9 +180,9 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .api import dataset_for_task, evaluate_task, format_reports
-    from .bank import PromptBank
-    from .models import FrozenLM
+    from edgeprompt.core.bank import PromptBank
+    from edgeprompt.train.models import FrozenLM
+    from edgeprompt.train.workflows import dataset_for_task, evaluate_task, format_reports
 
     bank = PromptBank(args.bank)
     task = bank.task(args.task)
@@ -170,7 +204,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_bank(args) -> int:
-    from .bank import PromptBank, bank_size_bytes
+    from edgeprompt.core.bank import PromptBank, bank_size_bytes
 
     bank = PromptBank(args.bank)
     if args.bank_cmd == "list":
@@ -184,9 +218,18 @@ def cmd_bank(args) -> int:
             m = t.manifest.get(TaskKeys.METRICS) or {}
             acc = (m.get("test") or {}).get("accuracy")
             zs = (m.get("zero_shot_test") or {}).get("accuracy")
-            rows.append((t.name, t.method.value, t.manifest[TaskKeys.KIND], str(t.num_virtual_tokens),
-                         f"{acc:.1%}" if acc is not None else "-", f"{zs:.1%}" if zs is not None else "-",
-                         f"{bank_size_bytes(t) / 1024:.0f} KiB", t.manifest.get(TaskKeys.CREATED, "-")))
+            rows.append(
+                (
+                    t.name,
+                    t.method,
+                    t.manifest[TaskKeys.KIND],
+                    str(t.num_virtual_tokens),
+                    f"{acc:.1%}" if acc is not None else "-",
+                    f"{zs:.1%}" if zs is not None else "-",
+                    f"{bank_size_bytes(t) / 1024:.0f} KiB",
+                    t.manifest.get(TaskKeys.CREATED, "-"),
+                )
+            )
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         for r in rows:
             print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
@@ -203,18 +246,18 @@ def cmd_bank(args) -> int:
         print(f"removed task {args.name!r} from {bank.root}")
         return 0
     if args.bank_cmd == "import-peft":
-        from .models import FrozenLM
-        from .peft_interop import import_peft
-        from .tasks import TaskSpec
+        from edgeprompt.core.tasks import TaskSpec
+        from edgeprompt.train.models import FrozenLM
+        from edgeprompt.train.peft_interop import import_peft
 
         spec = _spec_from_args(args, "") or TaskSpec(kind=TaskKind.GENERATION, template="{text}")
         lm = FrozenLM.load(args.model)
         t = import_peft(args.dir, bank, args.name, lm.info, spec, overwrite=args.overwrite)
-        print(f"imported {args.dir} as task {t.name!r} ({t.method.value}, P={t.num_virtual_tokens}) into {bank.root}")
+        print(f"imported {args.dir} as task {t.name!r} ({t.method}, P={t.num_virtual_tokens}) into {bank.root}")
         return 0
     if args.bank_cmd == "export-peft":
-        from .models import FrozenLM, resolve_model_dir
-        from .peft_interop import export_peft
+        from edgeprompt.train.models import FrozenLM, resolve_model_dir
+        from edgeprompt.train.peft_interop import export_peft
 
         lm = FrozenLM.load(args.model)
         out = export_peft(bank.task(args.name), args.output, str(resolve_model_dir(args.model)), lm.info, overwrite=args.overwrite)
@@ -224,7 +267,7 @@ def cmd_bank(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from .models import cache_dir, convert_gguf, default_gguf_path, list_cached_models, resolve_model_dir
+    from edgeprompt.train.models import cache_dir, convert_gguf, default_gguf_path, list_cached_models, resolve_model_dir
 
     if args.models_cmd == "list":
         try:
@@ -252,11 +295,18 @@ def cmd_models(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from edgeprompt.export.bundle import ExportConfig, export_bundle
+    from edgeprompt.export.writer import ExportConfig, export_bundle
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
-    cfg = ExportConfig(format=args.format, quant=args.quant or ("fp32" if args.format == "onnx" else "q8_0"), tasks=tasks,
-                       with_kv=args.with_kv, virtual_tokens=args.virtual_tokens, probes_per_task=args.probes, threads=args.threads)
+    cfg = ExportConfig(
+        format=args.format,
+        quant=args.quant or ("fp32" if args.format == "onnx" else "q8_0"),
+        tasks=tasks,
+        with_kv=args.with_kv,
+        virtual_tokens=args.virtual_tokens,
+        probes_per_task=args.probes,
+        threads=args.threads,
+    )
     bank = None if args.no_bank else args.bank
     res = export_bundle(args.output, bank=bank, model=args.model, config=cfg, overwrite=args.overwrite, log=lambda s: print(s, file=sys.stderr))
     m = res.manifest
@@ -294,8 +344,16 @@ def cmd_run(args) -> int:
                 probs = "  ".join(f"{k} {v:.3f}" for k, v in sorted(out.probabilities.items(), key=lambda kv: -kv[1]))
                 print(f"{out.label}\t({probs})")
             return 0
-        for piece in rt.generate(task, text, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                 top_k=args.top_k, top_p=args.top_p, seed=args.seed, truncate=args.truncate):
+        for piece in rt.generate(
+            task,
+            text,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            seed=args.seed,
+            truncate=args.truncate,
+        ):
             sys.stdout.write(piece)
             sys.stdout.flush()
         sys.stdout.write("\n")
@@ -306,20 +364,20 @@ def cmd_run(args) -> int:
 
 def cmd_verify(args) -> int:
     """Check a bundle on this device: every file's sha256, then the parity probes against the torch reference."""
-    rt = _open_runtime(args)  # opening checks sizes and sha256
+    from edgeprompt.core.parity import judge
+
+    rt = _open_runtime(args)
     try:
+        rt.bundle.verify_files()  # every file's sha256 now (opening hashes the tasks' lazily)
         res = rt.check_parity()
     finally:
         rt.close()
-    ok = True
-    recorded = rt.bundle.parity()
-    for task, r in res.items():
-        rec = recorded.get(task)
+    verdicts = judge(res, rt.bundle.parity())
+    for task, v in verdicts.items():
+        r, rec = v.result, v.recorded
         was = f" (at export: {rec.max_abs_logit_diff:.2e}, {rec.top1_agreement:.0%})" if rec else ""
-        bad = r.passed is False or r.top1_agreement < (rec.top1_agreement if rec else 0.0) - 0.05
-        ok &= not bad
-        print(f"{'FAIL' if bad else 'ok  '} {task or '(plain model)'}: max |dlogit| {r.max_abs_logit_diff:.2e}, "
-              f"top-1 agreement {r.top1_agreement:.0%}{was}")
+        print(f"{'ok  ' if v.ok else 'FAIL'} {task or '(plain model)'}: max |dlogit| {r.max_abs_logit_diff:.2e}, top-1 agreement {r.top1_agreement:.0%}{was}")
+    ok = all(v.ok for v in verdicts.values())
     print(f"bundle {args.bundle}: files verified, parity {'ok' if ok else 'FAILED'} on {rt.backend.name}")
     return 0 if ok else 1
 
@@ -350,12 +408,17 @@ def _add_runtime(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edgeprompt", description="Train soft prompts and prefixes on a frozen LLM, export the model once, swap prompts per request on device.")
+    p = argparse.ArgumentParser(
+        prog="edgeprompt", description="Train soft prompts and prefixes on a frozen LLM, export the model once, swap prompts per request on device."
+    )
     p.add_argument("--version", action="version", version=f"edgeprompt {__import__('edgeprompt').__version__}")
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    t = sub.add_parser("train", help="train a soft prompt or prefix on a frozen model and fold it into the bank",
-                       description="Train a prompt (only its parameters change), fold it into the bank, then report the test split next to the zero-shot baseline.")
+    t = sub.add_parser(
+        "train",
+        help="train a soft prompt or prefix on a frozen model and fold it into the bank",
+        description="Train a prompt (only its parameters change), fold it into the bank, then report the test split next to the zero-shot baseline.",
+    )
     _add_model(t)
     _add_bank(t)
     t.add_argument("--data", default="tweets", help="'tweets' (built-in 3-class sentiment) or a .csv/.tsv/.jsonl file")
@@ -378,12 +441,21 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, default=8)
     t.add_argument("--lr", type=float, help="learning rate (default: per method: prompt 0.1; prefix 0.3, or 3e-4 with --encoder mlp; see benchmarks/sweep.md)")
     t.add_argument("--warmup-steps", type=int, default=10)
-    t.add_argument("--max-length", type=int, default=96, help="longest input + label in tokens (text is cut to fit)")
+    t.add_argument(
+        "--max-length",
+        type=int,
+        default=96,
+        help="training only: longest input + label in tokens (text is cut to fit, for speed); eval and runtimes take texts whole",
+    )
     t.add_argument("--eval-every", type=int, default=100, help="dev evaluation every N steps; the best dev state is kept")
     t.add_argument("--checkpoint-every", type=int, default=50)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, help="torch threads (default: all cores)")
-    t.add_argument("--against", metavar="BUNDLE", help="train against a GGUF bundle's quantized weights (dequantized), so the prompt compensates for the quantization error")
+    t.add_argument(
+        "--against",
+        metavar="BUNDLE",
+        help="train against a GGUF bundle's quantized weights (dequantized), so the prompt compensates for the quantization error",
+    )
     t.add_argument("--resume", action="store_true", help="continue an interrupted run of --name from its checkpoint")
     t.add_argument("--overwrite", action="store_true", help="replace a task of the same name")
     t.add_argument("--no-test", action="store_true", help="skip the test-split evaluation")
@@ -403,7 +475,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--test", type=_size, default=0.1)
     e.add_argument("--data-seed", type=int, default=0)
     _add_task_format(e)
-    e.add_argument("--max-length", type=int, default=96)
+    e.add_argument(
+        "--max-length", type=int, default=None, help="cut texts to this many tokens, as training does (default: whole texts, as the runtimes take them)"
+    )
     e.add_argument("--no-baseline", action="store_true", help="skip the zero-shot baseline")
     e.add_argument("--json", action="store_true", help="print JSON")
     e.set_defaults(func=cmd_eval)
@@ -435,9 +509,12 @@ def build_parser() -> argparse.ArgumentParser:
     for sp in (bl, bs, br, bi, be):
         sp.set_defaults(func=cmd_bank)
 
-    x = sub.add_parser("export", help="quantize and export the frozen model with the bank's tasks as an ONNX or GGUF bundle",
-                       description="Write a bundle: model file(s), tokenizer.json, the tasks and manifest.json with parity results. "
-                                   "Quantizations: onnx fp32|int8|int4|int8-dynamic; gguf f32|f16|q8_0|q4_0|q4_k_m|source.")
+    x = sub.add_parser(
+        "export",
+        help="quantize and export the frozen model with the bank's tasks as an ONNX or GGUF bundle",
+        description="Write a bundle: model file(s), tokenizer.json, the tasks and manifest.json with parity results. "
+        "Quantizations: onnx fp32|int8|int4|int8-dynamic; gguf f32|f16|q8_0|q4_0|q4_k_m|source.",
+    )
     _add_model(x)
     _add_bank(x)
     x.add_argument("--format", choices=["onnx", "gguf"], default="onnx")

@@ -5,6 +5,8 @@
 >>> rt.classify("tweets", "so happy today").label       # doctest: +SKIP
 """
 
-from .runtime import Classification, PrefixCache, Runtime, open_bundle
+from edgeprompt.runtimes.backend import BACKENDS, Backend, BackendSequence, Prefix
+from edgeprompt.runtimes.cache import PrefixCache
+from edgeprompt.runtimes.runtime import Classification, Runtime, open_bundle
 
-__all__ = ["open_bundle", "Runtime", "Classification", "PrefixCache"]
+__all__ = ["open_bundle", "Runtime", "Classification", "PrefixCache", "Backend", "BackendSequence", "Prefix", "BACKENDS"]

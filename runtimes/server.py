@@ -19,9 +19,8 @@ import json
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from edgeprompt.io import EdgePromptError
-
-from .runtime import Runtime
+from edgeprompt.core.errors import EdgePromptError
+from edgeprompt.runtimes.runtime import Runtime
 
 MAX_BODY = 1 << 20  # 1 MiB of JSON per request
 

@@ -41,12 +41,23 @@ def build_tiny_model(path: Path, tie: bool = False, seed: int = 0) -> Path:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=320, special_tokens=["<pad>", "<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.train_from_iterator(
+        corpus, trainers.BpeTrainer(vocab_size=320, special_tokens=["<pad>", "<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    )
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
     torch.manual_seed(seed)
     cfg = LlamaConfig(
-        vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=tie, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        vocab_size=len(fast),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=tie,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
     )
     model = LlamaForCausalLM(cfg)
     path.mkdir(parents=True, exist_ok=True)
@@ -62,7 +73,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_lm(tiny_model_dir):
-    from edgeprompt.models import FrozenLM
+    from edgeprompt.train.models import FrozenLM
 
     return FrozenLM.load(tiny_model_dir)
 
@@ -109,11 +120,11 @@ def make_bank(bank_dir: Path, model_dir: Path, csv_path: Path, seed: int = 0, na
     realistic scale), whose data record points at ``csv_path`` so exports draw probes from it."""
     import numpy as np
 
-    from edgeprompt.api import data_record
-    from edgeprompt.bank import PromptBank
-    from edgeprompt.data import load_dataset
-    from edgeprompt.models import FrozenLM
-    from edgeprompt.tasks import TaskSpec
+    from edgeprompt.core.bank import PromptBank
+    from edgeprompt.core.data import load_dataset
+    from edgeprompt.core.tasks import TaskSpec
+    from edgeprompt.train.models import FrozenLM
+    from edgeprompt.train.workflows import data_record
 
     if not csv_path.exists():
         with open(csv_path, "w", newline="") as f:
@@ -129,7 +140,14 @@ def make_bank(bank_dir: Path, model_dir: Path, csv_path: Path, seed: int = 0, na
     emb = lm.embeddings.detach().numpy()
     bank = PromptBank(bank_dir)
     extra = {"data": data_record(data, args)}
-    bank.add(names[0], "prompt_tuning", {"prompt_embeddings": emb[rng.integers(3, emb.shape[0], P)] + 0.5 * rng.standard_normal((P, info.hidden_size)).astype("float32")}, spec, info, extra=extra)
+    bank.add(
+        names[0],
+        "prompt_tuning",
+        {"prompt_embeddings": emb[rng.integers(3, emb.shape[0], P)] + 0.5 * rng.standard_normal((P, info.hidden_size)).astype("float32")},
+        spec,
+        info,
+        extra=extra,
+    )
     kv = rng.standard_normal((info.num_layers, 2, info.num_kv_heads, P, info.head_dim)).astype("float32")
     bank.add(names[1], "prefix_tuning", {"kv_prefix": kv}, spec, info, extra=extra)
     return bank_dir
@@ -150,7 +168,7 @@ def tiny_bank(tiny_tied_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def bundle_of(tiny_tied_dir, tiny_bank, tmp_path_factory):
     """``bundle_of(format, quant, **options)`` exports the tiny bank once per combination."""
-    from edgeprompt.export.bundle import ExportConfig, export_bundle
+    from edgeprompt.export.writer import ExportConfig, export_bundle
 
     made: dict = {}
     root = tmp_path_factory.mktemp("bundles")

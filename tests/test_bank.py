@@ -5,10 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from edgeprompt.bank import PromptBank
-from edgeprompt.io import EdgePromptError, atomic_directory, recover_directory
-from edgeprompt.models import ModelInfo
-from edgeprompt.tasks import TaskSpec
+from edgeprompt.core.bank import PromptBank
+from edgeprompt.core.errors import EdgePromptError
+from edgeprompt.core.files import atomic_directory, recover_directory
+from edgeprompt.core.model_info import ModelInfo
+from edgeprompt.core.tasks import TaskSpec
 
 SPEC = TaskSpec(template="{text}\nLabel:", labels=["negative", "positive"])
 
@@ -29,7 +30,7 @@ def test_add_list_show_remove(tmp_path):
     kv = {"kv_prefix": np.zeros((2, 2, 2, 3, 8), np.float32)}
     bank.add("sent-prefix", "prefix_tuning", kv, SPEC, info())
     assert bank.names() == ["sent", "sent-prefix"]
-    assert t.num_virtual_tokens == 4 and t.method.value == "prompt_tuning"
+    assert t.num_virtual_tokens == 4 and t.method == "prompt_tuning"
     assert bank.task("sent-prefix").num_virtual_tokens == 3
     m = json.loads((t.path / "manifest.json").read_text())
     for key in ("method", "num_virtual_tokens", "tensors", "template", "labels", "verbalizers", "base_model", "created"):
@@ -67,7 +68,7 @@ def test_task_for_another_model_refused_naming_both(tmp_path, other, pattern):
 
 def test_wrong_shapes_refused(tmp_path):
     bank = PromptBank(tmp_path)
-    with pytest.raises(EdgePromptError, match=r"hidden size is 32"):
+    with pytest.raises(EdgePromptError, match=r"needs \[P, d=32\]"):
         bank.add("a", "prompt", emb(d=16), SPEC, info())
     with pytest.raises(EdgePromptError, match=r"kv_heads=2"):
         bank.add("b", "prefix", {"kv_prefix": np.zeros((2, 2, 4, 3, 8), np.float32)}, SPEC, info())
@@ -116,13 +117,34 @@ def test_failed_write_leaves_the_previous_version(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [".edgeprompt.lock", "x"]
 
 
-def test_bank_module_imports_no_torch():
+def test_bank_written_and_read_with_torch_unimportable(tmp_path):
+    """The core (bank, data, tasks, methods' facts) works with torch, transformers and peft absent."""
     import subprocess
     import sys
 
-    code = "import sys, edgeprompt.bank, edgeprompt.data, edgeprompt.tasks; print('torch' in sys.modules, 'transformers' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert out == ["False", "False"]
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('torch', 'transformers', 'peft', 'onnx'):\n"
+        "            raise ImportError('blocked: ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import numpy as np\n"
+        "from edgeprompt.core.bank import PromptBank\n"
+        "from edgeprompt.core.methods import all_methods\n"
+        "from edgeprompt.core.model_info import ModelInfo\n"
+        "from edgeprompt.core.tasks import TaskSpec\n"
+        "info = ModelInfo('f' * 64, 'm', 'llama', 32, 2, 2, 8, 320)\n"
+        "spec = TaskSpec(labels=['a', 'b'])\n"
+        f"bank = PromptBank({str(tmp_path)!r})\n"
+        "bank.add('p', 'prompt', {'prompt_embeddings': np.ones((4, 32), np.float32)}, spec, info)\n"
+        "bank.add('x', 'prefix', {'kv_prefix': np.ones((2, 2, 2, 3, 8), np.float32)}, spec, info)\n"
+        "t = PromptBank(%r).task('x')\n"
+        "print(all_methods(), t.method, t.num_virtual_tokens, t.tensors()['kv_prefix'].shape, 'torch' in sys.modules)\n"
+    ) % str(tmp_path)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("]", 1)[1].split() == ["prefix_tuning", "3", "(2,", "2,", "2,", "3,", "8)", "False"]
 
 
 def test_newest_renamed_aside_copy_is_the_one_restored(tmp_path):
@@ -137,7 +159,7 @@ def test_newest_renamed_aside_copy_is_the_one_restored(tmp_path):
 @pytest.mark.parametrize("fail_at", range(1, 4))
 def test_overwrite_interrupted_at_every_write_keeps_the_old_task(tmp_path, monkeypatch, fail_at):
     """Fail the k-th file write of an overwrite (as a kill would): the old task stays whole."""
-    import edgeprompt.io as eio
+    import edgeprompt.core.files as eio
 
     bank = PromptBank(tmp_path)
     bank.add("a", "prompt", emb(P=4), SPEC, info())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from edgeprompt.bank import PromptBank
+from edgeprompt.core.bank import PromptBank
 
 from .conftest import run_cli
 
@@ -12,11 +12,54 @@ from .conftest import run_cli
 def test_train_eval_and_bank_verbs(tiny_model_dir, tiny_csv, tmp_path, env):
     bank = tmp_path / "bank"
     common = ["--model", str(tiny_model_dir), "--bank", str(bank)]
-    r = run_cli(["train", *common, "--data", str(tiny_csv), "--name", "sent", "--steps", "6", "--batch-size", "4", "-P", "3",
-                 "--eval-every", "3", "--max-length", "48", "--quiet"], env)
+    r = run_cli(
+        [
+            "train",
+            *common,
+            "--data",
+            str(tiny_csv),
+            "--name",
+            "sent",
+            "--steps",
+            "6",
+            "--batch-size",
+            "4",
+            "-P",
+            "3",
+            "--eval-every",
+            "3",
+            "--max-length",
+            "48",
+            "--quiet",
+        ],
+        env,
+    )
     assert "saved task 'sent'" in r.stdout and "zero-shot" in r.stdout and "macro-F1" in r.stdout
-    r = run_cli(["train", *common, "--data", str(tiny_csv), "--method", "prefix", "--name", "sent-prefix", "--steps", "3",
-                 "--batch-size", "4", "-P", "2", "--encoder-hidden-size", "8", "--max-length", "48", "--quiet", "--no-test"], env)
+    r = run_cli(
+        [
+            "train",
+            *common,
+            "--data",
+            str(tiny_csv),
+            "--method",
+            "prefix",
+            "--name",
+            "sent-prefix",
+            "--steps",
+            "3",
+            "--batch-size",
+            "4",
+            "-P",
+            "2",
+            "--encoder-hidden-size",
+            "8",
+            "--max-length",
+            "48",
+            "--quiet",
+            "--no-test",
+        ],
+        env,
+    )
     r = run_cli(["bank", "list", "--bank", str(bank)], env)
     assert "sent " in r.stdout and "prefix_tuning" in r.stdout and "prompt_tuning" in r.stdout
     man = json.loads(run_cli(["bank", "show", "--bank", str(bank), "sent"], env).stdout)
@@ -56,7 +99,8 @@ def test_errors_are_clear_and_exit_2(tiny_model_dir, tiny_csv, tmp_path, env):
 def test_template_flags_unescape_newlines():
     from edgeprompt.cli import _spec_from_args, build_parser
 
-    args = build_parser().parse_args(["train", "--data", "x.csv", "--template", r"Review: {text}\nStars:", "--labels", "1,2",
-                                      "--instruction", r"Rate it.\n", "--verbalizer", r"1=\tone"])
+    args = build_parser().parse_args(
+        ["train", "--data", "x.csv", "--template", r"Review: {text}\nStars:", "--labels", "1,2", "--instruction", r"Rate it.\n", "--verbalizer", r"1=\tone"]
+    )
     spec = _spec_from_args(args, "x.csv")
     assert spec.template == "Review: {text}\nStars:" and spec.instruction == "Rate it.\n" and spec.verbalizers["1"] == "\tone"

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from edgeprompt.data import Example, dedupe, load_file, load_tweets, split
-from edgeprompt.io import EdgePromptError
-from edgeprompt.tasks import TaskSpec
+from edgeprompt.core.data import Example, dedupe, load_file, load_tweets, split
+from edgeprompt.core.errors import EdgePromptError
+from edgeprompt.core.tasks import TaskSpec
 
 
 def test_csv_and_jsonl_load_with_chosen_columns(tiny_csv, tiny_jsonl):

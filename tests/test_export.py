@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,10 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeprompt.constants import PARITY_FP32_MAX_ABS
-from edgeprompt.io import EdgePromptError, file_sha256
+from edgeprompt.core.constants import PARITY_FP32_MAX_ABS
+from edgeprompt.core.errors import EdgePromptError
+from edgeprompt.core.files import file_sha256
 
-from .conftest import REPO, build_tiny_model, make_bank, run_cli
+from .conftest import REPO, build_tiny_model, run_cli
 
 
 def _no_tmp_left(parent: Path, name: str) -> bool:
@@ -54,13 +54,14 @@ def test_manifest_records_files_tools_forms_and_types(bundle_of):
     assert {"torch", "onnx", "onnxruntime", "edgeprompt"} <= set(m["tools"])
     forms = m["tasks"]["pt"]["forms"]
     assert forms["embeddings"]["bytes"] == 4 * 32 * 4  # P=4, d=32, float32
-    assert forms["kv_prefix"]["bytes"] == 2 * 2 * 2 * 4 * 8 * 4  # L, k/v, h, P, hd, float32
+    kv_file = (b / forms["kv_prefix"]["file"]).stat().st_size
+    assert forms["kv_prefix"]["bytes"] == kv_file >= 2 * 2 * 2 * 4 * 8 * 4  # L, k/v, h, P, hd, float32 + safetensors header
     assert "kv_prefix" in m["tasks"]["px"]["forms"]
     assert not any(p.name.startswith(".") for p in b.rglob("*"))  # no scratch left inside
 
 
 def test_bad_format_or_quant_refused_before_any_work(tmp_path):
-    from edgeprompt.export.bundle import ExportConfig
+    from edgeprompt.export.writer import ExportConfig
 
     with pytest.raises(EdgePromptError, match="choose onnx or gguf"):
         ExportConfig(format="tflite")
@@ -73,7 +74,7 @@ def test_bad_format_or_quant_refused_before_any_work(tmp_path):
 
 
 def test_unsupported_architecture_refused_before_any_work(tmp_path, tiny_bank):
-    from edgeprompt.export.bundle import export_bundle
+    from edgeprompt.export.writer import export_bundle
 
     d = tmp_path / "gpt2"
     d.mkdir()
@@ -85,8 +86,8 @@ def test_unsupported_architecture_refused_before_any_work(tmp_path, tiny_bank):
 
 
 def test_bank_of_another_base_model_refused_naming_both(tmp_path, tiny_bank):
-    from edgeprompt.export.bundle import export_bundle
-    from edgeprompt.models import FrozenLM
+    from edgeprompt.export.writer import export_bundle
+    from edgeprompt.train.models import FrozenLM
 
     other = build_tiny_model(tmp_path / "other", tie=True, seed=1)
     fp_other = FrozenLM.load(other).info.fingerprint[:16]
@@ -98,7 +99,7 @@ def test_bank_of_another_base_model_refused_naming_both(tmp_path, tiny_bank):
 
 
 def test_failed_export_leaves_no_bundle_and_keeps_the_old_one(tmp_path, tiny_tied_dir, tiny_bank):
-    from edgeprompt.export.bundle import ExportConfig, export_bundle
+    from edgeprompt.export.writer import ExportConfig, export_bundle
 
     cfg = ExportConfig(format="gguf", quant="f32", probes_per_task=2)
     out = tmp_path / "b"
@@ -118,7 +119,7 @@ def test_failed_export_leaves_no_bundle_and_keeps_the_old_one(tmp_path, tiny_tie
 def test_disk_full_during_export_leaves_nothing(tmp_path, tiny_tied_dir, tiny_bank, monkeypatch):
     import errno
 
-    import edgeprompt.export.bundle as B
+    import edgeprompt.export.writer as B
 
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device", str(a[0]))
@@ -133,7 +134,11 @@ def test_killed_export_leaves_no_bundle(tmp_path, tiny_tied_dir, tiny_bank, env)
     out = tmp_path / "b"
     p = subprocess.Popen(
         [sys.executable, "-m", "edgeprompt", "export", "--model", str(tiny_tied_dir), "--bank", str(tiny_bank), "--format", "onnx", "-o", str(out)],
-        env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     for line in p.stdout:  # kill it in the middle of the ONNX export
         if "exporting" in line:
@@ -149,7 +154,7 @@ def test_killed_export_leaves_no_bundle(tmp_path, tiny_tied_dir, tiny_bank, env)
 
 
 def test_overwrite_replaces_only_bundles(tmp_path, tiny_tied_dir, tiny_bank):
-    from edgeprompt.export.bundle import export_bundle
+    from edgeprompt.export.writer import export_bundle
 
     precious = tmp_path / "docs"
     precious.mkdir()
@@ -161,11 +166,11 @@ def test_overwrite_replaces_only_bundles(tmp_path, tiny_tied_dir, tiny_bank):
 
 def test_fp32_gate_fails_a_wrong_export(tmp_path, tiny_tied_dir, tiny_bank, monkeypatch):
     """An 'fp32' export whose graph is really int4 differs by more than 1e-3: refused, nothing written."""
-    import edgeprompt.export.onnx_quant as Q
+    import edgeprompt.export.onnx.quant as Q
 
     real = Q.quantize
     monkeypatch.setattr(Q, "quantize", lambda src, dst, quant: real(src, dst, "int4"))
-    from edgeprompt.export.bundle import ExportConfig, export_bundle
+    from edgeprompt.export.writer import ExportConfig, export_bundle
 
     with pytest.raises(EdgePromptError, match="differ from the torch reference by more than 0.001"):
         export_bundle(tmp_path / "b", bank=tiny_bank, model=tiny_tied_dir, config=ExportConfig(format="onnx", quant="fp32"), log=lambda s: None)
@@ -181,8 +186,8 @@ def test_shipped_kv_prefix_equals_prefill(bundle_of):
         assert ("kv_prefix" if fmt == "onnx" else "llama_state") in m["tasks"]["pt"]["forms"]
         with open_bundle(b) as rt:
             shipped = rt.logits("pt", "the food was great")
-            assert rt._entry("pt").shipped is not None
-            rt._entry("pt").shipped = None
+            assert rt.store.get("pt").shipped is not None
+            rt.store.get("pt").shipped = None
             rt.cache.drop("pt")
             prefilled = rt.logits("pt", "the food was great")
         np.testing.assert_allclose(shipped, prefilled, atol=1e-5)
@@ -211,15 +216,36 @@ def test_virtual_tokens_run_on_stock_llama_cpp(bundle_of):
 
 
 def test_cli_export_prints_parity_and_types(tmp_path, tiny_tied_dir, tiny_bank, env):
-    r = run_cli(["export", "--model", str(tiny_tied_dir), "--bank", str(tiny_bank), "--format", "gguf", "--quant", "q4_k_m", "-o", str(tmp_path / "b"), "--probes", "3"], env=env)
+    r = run_cli(
+        [
+            "export",
+            "--model",
+            str(tiny_tied_dir),
+            "--bank",
+            str(tiny_bank),
+            "--format",
+            "gguf",
+            "--quant",
+            "q4_k_m",
+            "-o",
+            str(tmp_path / "b"),
+            "--probes",
+            "3",
+        ],
+        env=env,
+    )
     assert "parity pt: max |dlogit|" in r.stdout and "tensor types written" in r.stdout
     assert "Q8_0" in r.stdout or "Q5_0" in r.stdout or "Q4_0" in r.stdout  # d=32: k-quants fall back, recorded
-    r = run_cli(["export", "--model", str(tiny_tied_dir), "--bank", str(tiny_bank), "--format", "gguf", "--quant", "q3", "-o", str(tmp_path / "c")], env=env, check=False)
+    r = run_cli(
+        ["export", "--model", str(tiny_tied_dir), "--bank", str(tiny_bank), "--format", "gguf", "--quant", "q3", "-o", str(tmp_path / "c")],
+        env=env,
+        check=False,
+    )
     assert r.returncode == 2 and "q4_k_m" in r.stderr and not (tmp_path / "c").exists()
 
 
 def test_parity_compare_counts_disagreements():
-    from edgeprompt.parity import Probe, compare
+    from edgeprompt.core.parity import Probe, compare
 
     ref = np.array([[0.0, 1.0, 2.0], [0.0, 3.0, 1.0]])
     cand = np.array([[0.0, 1.0, 2.5], [0.0, 1.0, 3.0]])
@@ -233,9 +259,9 @@ def test_against_f32_bundle_reproduces_the_model_and_q8_matches_llama_cpp(bundle
     gives logits close to llama.cpp running that bundle (llama.cpp also rounds activations)."""
     import torch
 
-    from edgeprompt.export.against import load_against
-    from edgeprompt.models import FrozenLM
+    from edgeprompt.export.gguf.against import load_against
     from edgeprompt.runtimes import open_bundle
+    from edgeprompt.train.models import FrozenLM
 
     base = FrozenLM.load(tiny_tied_dir)
     x = torch.tensor([base.encode("the movie was really good")])
@@ -257,8 +283,8 @@ def test_against_f32_bundle_reproduces_the_model_and_q8_matches_llama_cpp(bundle
 
 
 def test_against_refuses_onnx_bundles(bundle_of, tiny_tied_dir):
-    from edgeprompt.export.against import load_against
-    from edgeprompt.models import FrozenLM
+    from edgeprompt.export.gguf.against import load_against
+    from edgeprompt.train.models import FrozenLM
 
     with pytest.raises(EdgePromptError, match="--format gguf"):
         load_against(FrozenLM.load(tiny_tied_dir), bundle_of("onnx", "fp32"))
@@ -267,7 +293,31 @@ def test_against_refuses_onnx_bundles(bundle_of, tiny_tied_dir):
 def test_cli_train_against_a_bundle_records_it(bundle_of, tiny_tied_dir, tiny_csv, tmp_path, env):
     b = bundle_of("gguf", "q4_0")
     bank = tmp_path / "bank"
-    run_cli(["train", "--model", str(tiny_tied_dir), "--bank", str(bank), "--data", str(tiny_csv), "--name", "qa", "--steps", "3",
-             "--batch-size", "4", "-P", "2", "--max-length", "48", "--quiet", "--no-test", "--against", str(b)], env)
+    run_cli(
+        [
+            "train",
+            "--model",
+            str(tiny_tied_dir),
+            "--bank",
+            str(bank),
+            "--data",
+            str(tiny_csv),
+            "--name",
+            "qa",
+            "--steps",
+            "3",
+            "--batch-size",
+            "4",
+            "-P",
+            "2",
+            "--max-length",
+            "48",
+            "--quiet",
+            "--no-test",
+            "--against",
+            str(b),
+        ],
+        env,
+    )
     man = json.loads((bank / "tasks" / "qa" / "manifest.json").read_text())
     assert man["trained_against"]["quant"] == "q4_0" and man["trained_against"]["model_sha256"] == file_sha256(b / "model/model.gguf")

@@ -39,8 +39,21 @@ def test_runtime_extra_pulls_no_torch():
 def test_every_subcommand_has_help():
     from edgeprompt.cli import build_parser
 
-    for argv in (["train"], ["eval"], ["bank", "list"], ["bank", "show"], ["bank", "remove"], ["bank", "import-peft"],
-                 ["bank", "export-peft"], ["models", "list"], ["models", "convert"], ["export"], ["run"], ["serve"], ["verify"]):
+    for argv in (
+        ["train"],
+        ["eval"],
+        ["bank", "list"],
+        ["bank", "show"],
+        ["bank", "remove"],
+        ["bank", "import-peft"],
+        ["bank", "export-peft"],
+        ["models", "list"],
+        ["models", "convert"],
+        ["export"],
+        ["run"],
+        ["serve"],
+        ["verify"],
+    ):
         with pytest.raises(SystemExit) as e:
             build_parser().parse_args([*argv, "--help"])
         assert e.value.code == 0

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from edgeprompt.io import EdgePromptError
-from edgeprompt.models import FrozenLM, convert_gguf, default_gguf_path, resolve_model_dir
+from edgeprompt.core.errors import EdgePromptError
+from edgeprompt.train.models import FrozenLM, default_gguf_path, resolve_model_dir
 
 
 def test_unsupported_gguf_architecture_is_refused_before_any_work(tmp_path, monkeypatch):
@@ -55,19 +55,21 @@ def test_default_model_converts_once_and_tokenizes_without_bos(monkeypatch):
 @pytest.mark.slow
 def test_default_model_trains_folds_and_evaluates(tmp_path):
     """A few real steps on SmolLM2: the folded task from the bank scores as the live module did."""
-    from edgeprompt.api import task_kv, train_task
-    from edgeprompt.bank import PromptBank
-    from edgeprompt.data import load_tweets
-    from edgeprompt.evaluation import evaluate
-    from edgeprompt.prefix_tuning import PrefixTuningConfig
-    from edgeprompt.training import TrainConfig
+    from edgeprompt.core.bank import PromptBank
+    from edgeprompt.core.data import load_tweets
+    from edgeprompt.methods.prefix_tuning import PrefixTuningConfig
+    from edgeprompt.train.loop import TrainConfig
+    from edgeprompt.train.scoring import evaluate
+    from edgeprompt.train.workflows import task_kv, train_task
 
     lm = FrozenLM.load("default")
     data = load_tweets()
     data.dev, data.test = data.dev[:8], data.test[:16]
     bank = PromptBank(tmp_path / "bank")
     cfg = TrainConfig(steps=2, batch_size=2, eval_every=2, eval_examples=8)
-    task, summary = train_task(lm, data, {"source": "tweets", "seed": 0}, "prefix_tuning", PrefixTuningConfig(num_virtual_tokens=4), cfg, bank, "t", progress=False)
+    task, summary = train_task(
+        lm, data, {"source": "tweets", "seed": 0}, "prefix_tuning", PrefixTuningConfig(num_virtual_tokens=4), cfg, bank, "t", progress=False
+    )
     assert task.tensors()["kv_prefix"].shape == (30, 2, 3, 4, 64)
     assert summary["test"]["n"] == 16 and summary["zero_shot_test"]["n"] == 16
     with torch.no_grad():

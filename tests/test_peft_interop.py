@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from edgeprompt.api import task_kv
-from edgeprompt.bank import PromptBank
-from edgeprompt.io import EdgePromptError
-from edgeprompt.peft_interop import export_peft, import_peft
-from edgeprompt.prefix import full_logits
-from edgeprompt.tasks import TaskSpec
+from edgeprompt.core.bank import PromptBank
+from edgeprompt.core.errors import EdgePromptError
+from edgeprompt.core.tasks import TaskSpec
+from edgeprompt.train.forward import full_logits
+from edgeprompt.train.peft_interop import export_peft, import_peft
+from edgeprompt.train.workflows import task_kv
 
 SPEC = TaskSpec(template="{text}\nLabel:", labels=["negative", "positive"])
 
@@ -65,7 +65,7 @@ def test_import_peft_checkpoint_saved_by_peft(tiny_lm, tiny_model_dir, tmp_path,
     pm.save_pretrained(str(tmp_path / "peft"))
     bank = PromptBank(tmp_path / "bank")
     task = import_peft(tmp_path / "peft", bank, "imp", tiny_lm.info, SPEC)
-    assert task.method.value == method and task.num_virtual_tokens == 5
+    assert task.method == method and task.num_virtual_tokens == 5
     ids, mask = _ids(tiny_lm)
     pm.eval()
     with torch.no_grad():
@@ -82,7 +82,7 @@ def test_import_peft_refuses_pickles_and_wrong_shapes(tiny_lm, tmp_path):
     (d / "adapter_model.bin").write_bytes(b"\x80\x04N.")
     with pytest.raises(EdgePromptError, match="adapter_model.bin, a pickle"):
         import_peft(d, PromptBank(tmp_path / "b"), "x", tiny_lm.info, SPEC)
-    from edgeprompt.io import atomic_write_safetensors
+    from edgeprompt.core.files import atomic_write_safetensors
 
     atomic_write_safetensors(d / "adapter_model.safetensors", {"prompt_embeddings": np.zeros((2, 7), np.float32)})
     with pytest.raises(EdgePromptError, match=r"\[2, 7\].*d=32"):

@@ -9,12 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from edgeprompt.batching import Encoder
-from edgeprompt.data import Example, load_file
-from edgeprompt.evaluation import classification_report, evaluate, label_logprobs
-from edgeprompt.methods import get_method
-from edgeprompt.prefix import full_logits
-from edgeprompt.tasks import TaskSpec
+from edgeprompt.core.data import Example, load_file
+from edgeprompt.core.methods import get_method
+from edgeprompt.core.metrics import classification_report
+from edgeprompt.core.tasks import TaskSpec
+from edgeprompt.train.batching import Encoder
+from edgeprompt.train.forward import full_logits
+from edgeprompt.train.scoring import evaluate, label_logprobs
 
 
 def brute_force(lm, kv, spec, ex, max_length=64):
@@ -32,7 +33,7 @@ def brute_force(lm, kv, spec, ex, max_length=64):
 
 def _kv(lm):
     rng = np.random.default_rng(0)
-    return get_method("prompt_tuning").kv_from_folded(lm, {"prompt_embeddings": rng.standard_normal((3, lm.info.hidden_size)).astype(np.float32)})
+    return get_method("prompt_tuning").trainer().kv_from_folded(lm, {"prompt_embeddings": rng.standard_normal((3, lm.info.hidden_size)).astype(np.float32)})
 
 
 def _spec(lm, kind: str) -> TaskSpec:
@@ -42,8 +43,7 @@ def _spec(lm, kind: str) -> TaskSpec:
         singles = [" " + w for w in POS + NEG + FILL if len(lm.encode(" " + w)) == 1][:3]
         assert len(singles) == 3
         return TaskSpec(template="{text}\nLabel:", labels=["a", "b", "c"], verbalizers=dict(zip("abc", singles)))
-    return TaskSpec(template="Text: {text}\nLabel:", labels=["a", "b", "c"],
-                    verbalizers={"a": " really wonderful day", "b": " terrible", "c": " my"})
+    return TaskSpec(template="Text: {text}\nLabel:", labels=["a", "b", "c"], verbalizers={"a": " really wonderful day", "b": " terrible", "c": " my"})
 
 
 @pytest.mark.parametrize("kind", ["single", "multi"])
@@ -72,8 +72,8 @@ def test_metrics_against_hand_counts():
 
 
 def test_generation_task_trains_on_the_target_and_reports_perplexity(tiny_lm, tmp_path):
-    from edgeprompt.prompt_tuning import PromptTuningConfig
-    from edgeprompt.training import TrainConfig, train
+    from edgeprompt.methods.prompt_tuning import PromptTuningConfig
+    from edgeprompt.train.loop import TrainConfig, train
 
     p = tmp_path / "gen.jsonl"
     with open(p, "w") as f:
@@ -85,8 +85,14 @@ def test_generation_task_trains_on_the_target_and_reports_perplexity(tiny_lm, tm
     assert e.ids[-1] == tiny_lm.eos_token_id and list(e.ids[e.n_input : -1]) == tiny_lm.encode(data.train[0].label)
     before = evaluate(tiny_lm, None, data.spec, data.test, 48)
     assert data.spec.instruction == ""  # no instruction: the default init=text must still work
-    res = train(tiny_lm, data, "prompt_tuning", PromptTuningConfig(num_virtual_tokens=4),
-                TrainConfig(steps=40, batch_size=8, lr=0.1, eval_every=20, eval_examples=4, max_length=48, warmup_steps=2), progress=False)
+    res = train(
+        tiny_lm,
+        data,
+        "prompt_tuning",
+        PromptTuningConfig(num_virtual_tokens=4),
+        TrainConfig(steps=40, batch_size=8, lr=0.1, eval_every=20, eval_examples=4, max_length=48, warmup_steps=2),
+        progress=False,
+    )
     after = evaluate(tiny_lm, res.module.kv(tiny_lm), data.spec, data.test, 48)
     assert set(after) >= {"nll", "perplexity", "token_accuracy"}
     assert after["nll"] < before["nll"]

@@ -10,17 +10,20 @@ import numpy as np
 import pytest
 import torch
 
-from edgeprompt.bank import PromptBank
-from edgeprompt.batching import Encoder, collate
-from edgeprompt.data import load_file
-from edgeprompt.prefix_tuning import PrefixTuningConfig
-from edgeprompt.prompt_tuning import PromptTuningConfig
-from edgeprompt.training import TrainConfig, batch_indices, loss_on_batch, train
+from edgeprompt.core.bank import PromptBank
+from edgeprompt.core.data import load_file
+from edgeprompt.methods.prefix_tuning import PrefixTuningConfig
+from edgeprompt.methods.prompt_tuning import PromptTuningConfig
+from edgeprompt.train.batching import Encoder, collate
+from edgeprompt.train.loop import TrainConfig, batch_indices, loss_on_batch, train
 
 from .conftest import REPO
 
 
-@pytest.mark.parametrize("method, cfg", [("prompt_tuning", PromptTuningConfig(num_virtual_tokens=4)), ("prefix_tuning", PrefixTuningConfig(num_virtual_tokens=4, encoder_hidden_size=16))])
+@pytest.mark.parametrize(
+    "method, cfg",
+    [("prompt_tuning", PromptTuningConfig(num_virtual_tokens=4)), ("prefix_tuning", PrefixTuningConfig(num_virtual_tokens=4, encoder_hidden_size=16))],
+)
 def test_training_lowers_the_loss_and_keeps_the_model_frozen(tiny_lm, tiny_csv, method, cfg):
     data = load_file(tiny_csv)
     before = {k: v.clone() for k, v in tiny_lm.model.state_dict().items()}
@@ -28,9 +31,9 @@ def test_training_lowers_the_loss_and_keeps_the_model_frozen(tiny_lm, tiny_csv, 
     batch = collate([enc.example(ex) for ex in data.train[:16]], tiny_lm.pad_token_id)
     tc = TrainConfig(steps=30, batch_size=8, lr=0.05, eval_every=15, eval_examples=8, warmup_steps=2)
     res = train(tiny_lm, data, method, cfg, tc, progress=False)
-    from edgeprompt.methods import get_method
+    from edgeprompt.core.methods import get_method
 
-    start = get_method(method).module_cls(cfg, tiny_lm, init_text=data.spec.instruction, seed=0)
+    start = get_method(method).trainer().module_cls(cfg, tiny_lm, init_text=data.spec.instruction, seed=0)
     with torch.no_grad():
         assert loss_on_batch(tiny_lm, res.module, batch) < loss_on_batch(tiny_lm, start, batch)
     after = tiny_lm.model.state_dict()
@@ -48,9 +51,9 @@ def test_batch_order_is_a_function_of_seed_and_step():
 @pytest.mark.parametrize("encoder", ["model+mlp", "mlp"])
 def test_prefix_text_init_starts_at_the_instruction(tiny_lm, encoder):
     """init=text with the zero output layer starts exactly at the instruction's KV (both encoders)."""
-    from edgeprompt.prefix import kv_from_embeddings, kv_to_tensor
-    from edgeprompt.prefix_tuning import PrefixTuningModule
-    from edgeprompt.prompt_tuning.model import init_token_ids
+    from edgeprompt.methods.prefix_tuning.model import PrefixTuningModule
+    from edgeprompt.methods.prompt_tuning.model import init_token_ids
+    from edgeprompt.train.forward import kv_from_embeddings, kv_to_tensor
 
     text = "Label the text as negative, positive."
     m = PrefixTuningModule(PrefixTuningConfig(num_virtual_tokens=6, encoder=encoder), tiny_lm, init_text=text)
@@ -63,9 +66,32 @@ def test_prefix_text_init_starts_at_the_instruction(tiny_lm, encoder):
 
 def _train_args(model, bank, csv, name, steps=24):
     return [
-        "train", "--model", str(model), "--bank", str(bank), "--data", str(csv), "--name", name,
-        "--steps", str(steps), "--batch-size", "4", "--lr", "0.05", "-P", "3", "--eval-every", "8",
-        "--checkpoint-every", "1", "--max-length", "48", "--quiet", "--threads", "1",
+        "train",
+        "--model",
+        str(model),
+        "--bank",
+        str(bank),
+        "--data",
+        str(csv),
+        "--name",
+        name,
+        "--steps",
+        str(steps),
+        "--batch-size",
+        "4",
+        "--lr",
+        "0.05",
+        "-P",
+        "3",
+        "--eval-every",
+        "8",
+        "--checkpoint-every",
+        "1",
+        "--max-length",
+        "48",
+        "--quiet",
+        "--threads",
+        "1",
     ]
 
 
@@ -78,8 +104,14 @@ def test_ctrl_c_then_resume_equals_an_uninterrupted_run(tiny_model_dir, tiny_csv
     steps = 150  # the interrupt comes after the first checkpoint, long before the last step
     r = _run_training(_train_args(tiny_model_dir, ref_bank, tiny_csv, "t", steps), env)
     assert r.returncode == 0, r.stderr
-    p = subprocess.Popen([sys.executable, "-m", "edgeprompt", *_train_args(tiny_model_dir, bank, tiny_csv, "t", steps)], env=env, cwd=REPO,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "edgeprompt", *_train_args(tiny_model_dir, bank, tiny_csv, "t", steps)],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     state = bank / ".checkpoints" / "t" / "state.json"
     deadline = time.time() + 300
     while not state.exists() and time.time() < deadline and p.poll() is None:
@@ -137,7 +169,7 @@ def test_kill_9_mid_write_leaves_the_bank_and_checkpoint_readable(tiny_model_dir
         assert bank.names() == ["keep"]
         np.testing.assert_array_equal(bank.task("keep").tensors()["prompt_embeddings"], kept)
         # The checkpoint survived whole (possibly renamed aside mid-swap: the library recovers it).
-        from edgeprompt.io import read_json, read_safetensors, recover_directory
+        from edgeprompt.core.files import read_json, read_safetensors, recover_directory
 
         recover_directory(ckpt)
         assert read_json(ckpt / "state.json", "state")["step"] >= 1
@@ -146,8 +178,13 @@ def test_kill_9_mid_write_leaves_the_bank_and_checkpoint_readable(tiny_model_dir
 
         shutil.rmtree(ckpt)
     # And a killed run resumes through the CLI.
-    p = subprocess.Popen([sys.executable, "-m", "edgeprompt", *_train_args(tiny_model_dir, bank_dir, tiny_csv, "new", steps=60)], env=env, cwd=REPO,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "edgeprompt", *_train_args(tiny_model_dir, bank_dir, tiny_csv, "new", steps=60)],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     while not (bank_dir / ".checkpoints" / "new").exists() and p.poll() is None:
         time.sleep(0.005)
     time.sleep(0.1)
@@ -163,14 +200,14 @@ def test_without_dev_data_the_final_state_is_kept(tiny_lm, tiny_csv):
     data.dev = []
     cfg = PromptTuningConfig(num_virtual_tokens=2)
     res = train(tiny_lm, data, "prompt_tuning", cfg, TrainConfig(steps=3, batch_size=4, lr=0.1, warmup_steps=1), progress=False)
-    from edgeprompt.prompt_tuning import PromptTuningModule
+    from edgeprompt.methods.prompt_tuning.model import PromptTuningModule
 
     start = PromptTuningModule(cfg, tiny_lm, init_text=data.spec.instruction)
     assert res.best_step == -1 and not torch.equal(res.module.prompt, start.prompt)
 
 
 def test_configs_check_themselves():
-    from edgeprompt.io import EdgePromptError
+    from edgeprompt.core.errors import EdgePromptError
 
     with pytest.raises(EdgePromptError, match="num_virtual_tokens=0"):
         PromptTuningConfig(num_virtual_tokens=0)
@@ -179,14 +216,20 @@ def test_configs_check_themselves():
     with pytest.raises(EdgePromptError, match="lr=-1"):
         TrainConfig(lr=-1)
     assert PrefixTuningConfig(num_virtual_tokens=3).to_dict() == {
-        "num_virtual_tokens": 3, "init_text": None, "init": "text", "projection": True, "encoder_hidden_size": 512,
-        "encoder": "model+mlp", "mlp_lr_ratio": 1e-3}
+        "num_virtual_tokens": 3,
+        "init_text": None,
+        "init": "text",
+        "projection": True,
+        "encoder_hidden_size": 512,
+        "encoder": "model+mlp",
+        "mlp_lr_ratio": 1e-3,
+    }
     with pytest.raises(EdgePromptError, match="prefix encoder 'lstm'"):
         PrefixTuningConfig(encoder="lstm")
 
 
 def test_model_mlp_encoder_gives_the_mlp_its_own_learning_rate(tiny_lm):
-    from edgeprompt.prefix_tuning import PrefixTuningModule
+    from edgeprompt.methods.prefix_tuning.model import PrefixTuningModule
 
     m = PrefixTuningModule(PrefixTuningConfig(num_virtual_tokens=2, mlp_lr_ratio=0.05), tiny_lm, init_text="good day")
     groups = m.param_groups(0.2)

@@ -1,0 +1,181 @@
+"""Reading a bundle written by ``edgeprompt export`` (torch-free: the runtimes use this).
+
+Layout and keys: :mod:`edgeprompt.constants` (``BundleKeys`` and the file names). Opening a
+bundle checks its format, that it was made for the model its bank was trained for, and (unless
+told not to) every file's size and sha256 against the manifest, so a truncated or corrupted model
+file is refused at open, by name, not discovered as garbage output later.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeprompt.core.bank import PromptBank
+from edgeprompt.core.constants import (
+    BUNDLE_BANK_DIR,
+    BUNDLE_FORMAT,
+    BUNDLE_KV_DIR,
+    BUNDLE_MANIFEST_FILE,
+    BUNDLE_PROBES_DIR,
+    BUNDLE_TOKENIZER_FILE,
+    BUNDLE_VERSION,
+    PROBES_FILE,
+    PROBES_REFERENCE_FILE,
+    TASK_MANIFEST_FILE,
+    TASKS_DIR,
+    TENSOR_REFERENCE_LOGITS,
+    BundleKeys,
+    FileKeys,
+    ModelFormat,
+    ModelKeys,
+    TaskFormKeys,
+    TaskRecordKeys,
+)
+from edgeprompt.core.errors import BundleError, check_version
+from edgeprompt.core.files import file_sha256, read_json, read_safetensors
+from edgeprompt.core.model_info import ModelInfo
+from edgeprompt.core.parity import ParityResult, Probe, load_probes
+
+
+@dataclass
+class Bundle:
+    path: Path
+    manifest: dict[str, Any]
+
+    @classmethod
+    def open(cls, path: str | Path, verify: bool = True, lazy_tasks: bool = False) -> "Bundle":
+        path = Path(path)
+        mpath = path / BUNDLE_MANIFEST_FILE
+        if not path.is_dir() or not mpath.exists():
+            raise BundleError(f"{path} is not an edgeprompt bundle (no {BUNDLE_MANIFEST_FILE}); make one with `edgeprompt export`.")
+        m = read_json(mpath, "bundle manifest")
+        if m.get(BundleKeys.FORMAT) != BUNDLE_FORMAT:
+            raise BundleError(f"{mpath}: format {m.get(BundleKeys.FORMAT)!r} is not {BUNDLE_FORMAT!r}.")
+        check_version(m.get(BundleKeys.VERSION), BUNDLE_VERSION, f"bundle {path}")
+        b = cls(path, m)
+        b.checked = verify
+        if verify:
+            b.verify_files(lazy_tasks=lazy_tasks)
+        bank_model = b.bank.base_model()
+        if bank_model is not None:
+            b.base_model.check_compatible(bank_model, f"the bank in bundle {path}")
+        return b
+
+    def task_dir(self, name: str) -> str:
+        """A task's folder in the bundle, relative to it."""
+        return f"{BUNDLE_BANK_DIR}/{TASKS_DIR}/{name}/"
+
+    def verify_files(self, hashes: bool = True, lazy_tasks: bool = False) -> None:
+        """Check every file the manifest lists: present, the recorded size, the recorded sha256.
+
+        The files a runtime reads (model, embeddings, tokenizer, every task's tensors and shipped
+        KV) must all be listed: a manifest that leaves one out is refused, not trusted.
+
+        ``lazy_tasks``: the files of tasks (their folder in the bank and their shipped KV) get their
+        size checked here but their sha256 only when first read (:meth:`read_verified`), so opening a
+        bundle of 1,000 tasks hashes the model and the tokenizer, not 1,000 tasks.
+        """
+        files = self.manifest.get(BundleKeys.FILES) or {}
+        needed = [self.model[ModelKeys.FILE], BUNDLE_TOKENIZER_FILE]
+        if ModelKeys.EMBEDDINGS in self.model:
+            needed.append(self.model[ModelKeys.EMBEDDINGS])
+        for name, rec in self.tasks.items():
+            needed += [f[TaskFormKeys.FILE] for f in rec.get(TaskRecordKeys.FORMS, {}).values() if TaskFormKeys.FILE in f]
+            needed.append(f"{BUNDLE_BANK_DIR}/{TASKS_DIR}/{name}/{TASK_MANIFEST_FILE}")
+        unlisted = [f for f in needed if f not in files]
+        if unlisted:
+            raise BundleError(
+                f"bundle {self.path}: the manifest does not list {', '.join(unlisted)} among its checked files; "
+                "the bundle is incomplete or was edited: re-export it."
+            )
+        for rel, rec in files.items():
+            f = self.path / rel
+            if not f.exists():
+                raise BundleError(f"bundle {self.path}: file {rel} is missing; re-export the bundle.")
+            size = f.stat().st_size
+            if size != rec[FileKeys.BYTES]:
+                raise BundleError(
+                    f"bundle {self.path}: file {rel} has {size:,} bytes, the manifest says {rec[FileKeys.BYTES]:,} "
+                    "(truncated or replaced); re-export or re-copy the bundle."
+                )
+            if hashes and not (lazy_tasks and self.is_task_file(rel)) and file_sha256(f) != rec[FileKeys.SHA256]:
+                raise BundleError(f"bundle {self.path}: file {rel} does not match its sha256 in the manifest (corrupted); re-copy the bundle.")
+
+    def is_task_file(self, rel: str) -> bool:
+        return rel.startswith(f"{BUNDLE_BANK_DIR}/{TASKS_DIR}/") or rel.startswith(f"{BUNDLE_KV_DIR}/")
+
+    #: False when opened with ``verify=False`` (the export's own parity gate reads the bundle it is writing)
+    checked = True
+
+    def read_verified(self, rel: str) -> bytes:
+        """A listed file's bytes, checked against its size and sha256 in the manifest (unless opened unverified)."""
+        if not self.checked:
+            try:
+                return (self.path / rel).read_bytes()
+            except OSError as e:
+                raise BundleError(f"bundle {self.path}: cannot read {rel} ({e.strerror}).") from None
+        rec = (self.manifest.get(BundleKeys.FILES) or {}).get(rel)
+        if rec is None:
+            raise BundleError(f"bundle {self.path}: {rel} is not among the manifest's checked files; re-export the bundle.")
+        try:
+            data = (self.path / rel).read_bytes()
+        except OSError as e:
+            raise BundleError(f"bundle {self.path}: cannot read {rel} ({e.strerror}); re-copy the bundle.") from None
+        if len(data) != rec[FileKeys.BYTES] or hashlib.sha256(data).hexdigest() != rec[FileKeys.SHA256]:
+            raise BundleError(f"bundle {self.path}: file {rel} does not match its size and sha256 in the manifest (corrupted); re-copy the bundle.")
+        return data
+
+    @property
+    def base_model(self) -> ModelInfo:
+        return ModelInfo.from_dict(self.manifest[BundleKeys.BASE_MODEL])
+
+    @property
+    def model(self) -> dict[str, Any]:
+        return self.manifest[BundleKeys.MODEL]
+
+    @property
+    def format(self) -> ModelFormat:
+        return ModelFormat(self.model[ModelKeys.FORMAT])
+
+    @property
+    def quant(self) -> str:
+        return self.model[ModelKeys.QUANT]
+
+    def file(self, rel: str) -> Path:
+        return self.path / rel
+
+    @property
+    def model_file(self) -> Path:
+        return self.path / self.model[ModelKeys.FILE]
+
+    @property
+    def tokenizer_file(self) -> Path:
+        return self.path / BUNDLE_TOKENIZER_FILE
+
+    @property
+    def bank(self) -> PromptBank:
+        return PromptBank(self.path / BUNDLE_BANK_DIR)
+
+    @property
+    def tasks(self) -> dict[str, dict]:
+        return self.manifest.get(BundleKeys.TASKS, {})
+
+    @property
+    def tokenizer(self) -> dict[str, Any]:
+        return self.manifest.get(BundleKeys.TOKENIZER, {})
+
+    def parity(self) -> dict[str, ParityResult]:
+        """The parity results recorded at export."""
+        return {t: ParityResult.from_dict(d) for t, d in self.manifest.get(BundleKeys.PARITY, {}).items()}
+
+    def probes(self) -> tuple[list[Probe], np.ndarray]:
+        """The probe set and the torch fp32 reference logits ``[N, V]`` stored at export."""
+        d = self.path / BUNDLE_PROBES_DIR
+        probes = load_probes(d / PROBES_FILE)
+        ref = read_safetensors(d / PROBES_REFERENCE_FILE, "reference logits")[TENSOR_REFERENCE_LOGITS]
+        return probes, ref

@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from edgeprompt.core.methods import PromptLearningConfig
+
+
+class PromptInit(str, Enum):
+    TEXT = "text"  # the task instruction's token embeddings, repeated to P (PEFT's best practice)
+    LABELS = "labels"  # the label verbalizers' token embeddings, repeated to P
+    VOCAB = "vocab"  # embeddings of P tokens sampled from the vocabulary
+    RANDOM = "random"  # N(0, sigma^2) with sigma the embedding matrix's std
+
+
+@dataclass
+class PromptTuningConfig(PromptLearningConfig):
+    """Prompt tuning (Lester et al. 2021): P trainable virtual-token embeddings ``[P, d]``."""
+
+    init: PromptInit = field(default=PromptInit.TEXT, metadata={"help": "text, labels, vocab or random"})
+
+    init_enum = PromptInit
+
+    def default_lr(self) -> float:
+        return 0.1  # benchmarks/sweep.md: 0.1, 0.3 and 1.0 within noise; 0.1 best at 120 steps

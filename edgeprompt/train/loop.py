@@ -1,0 +1,285 @@
+"""The training loop: only the prompt's parameters train; the base model is frozen.
+
+Resumable to the bit: the batch order is a pure function of (seed, step), and a checkpoint holds
+the parameters, the AdamW moments and the best-so-far state (safetensors) plus the loop state
+(JSON). Ctrl-C finishes the current step, writes a checkpoint and raises
+:class:`TrainingInterrupted`; ``resume=True`` continues with the same result as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from edgeprompt.core.constants import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, TaskKind
+from edgeprompt.core.data import Dataset
+from edgeprompt.core.errors import EdgePromptError, TrainingInterrupted
+from edgeprompt.core.files import atomic_directory, atomic_write_json, atomic_write_safetensors, read_json, read_safetensors, recover_directory
+from edgeprompt.core.methods import get_method
+from edgeprompt.core.metrics import report_dict
+from edgeprompt.train.batching import Encoder, collate
+from edgeprompt.train.forward import logits_at, text_hidden
+from edgeprompt.train.models import FrozenLM
+from edgeprompt.train.scoring import evaluate
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings. ``lr=None`` takes the method config's ``default_lr()`` (from the sweep)."""
+
+    steps: int = 200
+    batch_size: int = 8
+    lr: float | None = None
+    weight_decay: float = 0.0
+    warmup_steps: int = 10
+    min_lr_ratio: float = 0.1  # cosine decay to this fraction of lr
+    grad_clip: float = 1.0
+    max_length: int = 96
+    eval_every: int = 100
+    eval_examples: int = 200  # dev examples per evaluation
+    checkpoint_every: int = 50
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "max_length"):
+            if int(getattr(self, name)) < 1:
+                raise EdgePromptError(f"{name}={getattr(self, name)} must be at least 1.")
+        if int(self.seed) < 0:
+            raise EdgePromptError(f"seed={self.seed} must be 0 or more.")
+        if self.lr is not None and not (0 < self.lr < 10):
+            raise EdgePromptError(f"lr={self.lr} is out of range (0, 10).")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise EdgePromptError(f"min_lr_ratio={self.min_lr_ratio} must be within [0, 1].")
+
+    def lr_at(self, step: int, base: float) -> float:
+        if step < self.warmup_steps:
+            return base * (step + 1) / self.warmup_steps
+        span = max(1, self.steps - self.warmup_steps)
+        t = min(1.0, (step - self.warmup_steps) / span)
+        return base * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+@dataclass
+class TrainResult:
+    module: Any
+    best_step: int
+    best_dev: dict
+    history: list[dict] = field(default_factory=list)
+    wall_time_s: float = 0.0
+    steps: int = 0
+    lr: float = 0.0
+
+
+def batch_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
+    """The example indices of ``step``: epochs of seeded permutations, concatenated."""
+    start = step * batch_size
+    out = []
+    while len(out) < batch_size:
+        epoch, offset = divmod(start + len(out), n)
+        perm = np.random.default_rng([seed, epoch]).permutation(n)
+        out.extend(perm[offset : offset + batch_size - len(out)].tolist())
+    return np.array(out)
+
+
+def loss_on_batch(lm: FrozenLM, module, batch) -> torch.Tensor:
+    """Mean cross-entropy on the target tokens only (label verbalizers or target text)."""
+    h = text_hidden(lm, module.kv(lm), batch.input_ids, batch.attention_mask)  # (B, T, d)
+    logits = logits_at(lm, h[batch.tgt_rows, batch.tgt_pos - 1])  # (N, vocab): target rows only
+    return F.cross_entropy(logits.float(), batch.tgt_ids)
+
+
+def dev_score(report) -> float:
+    return report.accuracy if hasattr(report, "accuracy") else -report["nll"]
+
+
+class _SigintFlag:
+    """Turns Ctrl-C into a flag checked between steps (main thread only)."""
+
+    def __init__(self):
+        self.hit = False
+        self._old = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._on)
+        return self
+
+    def _on(self, signum, frame):
+        if self.hit:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.hit = True
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+def _save_checkpoint(path: Path, step: int, module, opt, best: dict, loop: dict, meta: dict) -> None:
+    """``loop``: best_step, best_score, best_dev, history, loss_ema, wall_s (JSON-able)."""
+    tensors: dict[str, np.ndarray] = {}
+    for name, p in module.state_dict().items():
+        tensors[f"param/{name}"] = p.detach().cpu().numpy()
+    for name, t in best.items():
+        tensors[f"best/{name}"] = t.cpu().numpy()
+    osd = opt.state_dict()
+    for idx, st in osd["state"].items():
+        for k, v in st.items():
+            tensors[f"opt/{idx}/{k}"] = torch.as_tensor(v).reshape(-1).cpu().numpy() if k == "step" else v.cpu().numpy()
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "step": step,
+        **loop,
+        "param_groups": osd["param_groups"],
+        **meta,
+    }
+    with atomic_directory(path) as tmp:
+        atomic_write_safetensors(tmp / "tensors.safetensors", tensors)
+        atomic_write_json(tmp / "state.json", state)
+
+
+def _load_checkpoint(path: Path, module, opt, meta: dict):
+    state = read_json(path / "state.json", "checkpoint state")
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise EdgePromptError(f"{path} is not an edgeprompt checkpoint.")
+    for key in ("method", "method_config", "train_config", "data_sha256", "fingerprint"):
+        if state.get(key) != meta.get(key):
+            raise EdgePromptError(
+                f"cannot resume from {path}: its {key} was {state.get(key)!r}, this run has {meta.get(key)!r}. "
+                "Resume with the same settings, or start afresh without --resume (or another --name)."
+            )
+    t = read_safetensors(path / "tensors.safetensors", "checkpoint tensors")
+    module.load_state_dict({k[6:]: torch.from_numpy(v) for k, v in t.items() if k.startswith("param/")})
+    best = {k[5:]: torch.from_numpy(v) for k, v in t.items() if k.startswith("best/")}
+    opt_state: dict[int, dict] = {}
+    for k, v in t.items():
+        if k.startswith("opt/"):
+            _, idx, name = k.split("/", 2)
+            opt_state.setdefault(int(idx), {})[name] = torch.from_numpy(v).reshape(()) if name == "step" else torch.from_numpy(v)
+    opt.load_state_dict({"state": opt_state, "param_groups": state["param_groups"]})
+    loop = {k: state[k] for k in ("best_step", "best_score", "best_dev", "history", "loss_ema", "wall_s")}
+    return state["step"], best, loop
+
+
+def train(
+    lm: FrozenLM,
+    data: Dataset,
+    method: str,
+    method_config: Any,
+    config: TrainConfig,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> TrainResult:
+    """Train a prompt for ``data`` on the frozen ``lm``; return the best-on-dev module."""
+    spec_m = get_method(method)
+    if not data.train:
+        raise EdgePromptError(f"dataset {data.name!r} has no training examples.")
+    torch.manual_seed(config.seed)
+    label_text = "".join(data.spec.verbalizers.values()) if data.spec.kind == TaskKind.CLASSIFICATION else ""
+    init = getattr(method_config, "init", None)
+    if getattr(init, "value", None) == "text" and not (method_config.init_text or data.spec.instruction).strip():
+        # No text to start from (e.g. a generation task without an instruction): the task's own
+        # first training inputs stand in for it, as real text beats random vectors.
+        method_config.init_text = data.train[0].text
+    module = spec_m.trainer().module_cls(method_config, lm, init_text=data.spec.instruction, label_text=label_text, seed=config.seed)
+    lr = config.lr if config.lr is not None else method_config.default_lr()
+    groups = module.param_groups(lr)
+    params = [p for g in groups for p in g["params"]]
+    opt = torch.optim.AdamW(groups, lr=lr, weight_decay=config.weight_decay)
+    enc = Encoder(lm, data.spec, config.max_length)
+    train_enc: dict[int, Any] = {}  # encoded lazily: a run touches steps*batch_size examples, not all
+
+    def encoded(i: int):
+        if i not in train_enc:
+            train_enc[i] = enc.example(data.train[i])
+        return train_enc[i]
+
+    dev = data.dev[: config.eval_examples]
+    meta = {
+        "method": spec_m.name,
+        "method_config": method_config.to_dict(),
+        "train_config": asdict(config),
+        "data_sha256": data.sha256("train"),
+        "fingerprint": lm.info.fingerprint,
+    }
+    ckpt = Path(checkpoint_dir) if checkpoint_dir else None
+    step = 0
+    loop: dict[str, Any] = {"best_step": -1, "best_score": None, "best_dev": {}, "history": [], "loss_ema": None, "wall_s": 0.0}
+    best = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    if resume:
+        if ckpt is not None:
+            recover_directory(ckpt)
+        if ckpt is None or not (ckpt / "state.json").exists():
+            raise EdgePromptError(f"--resume: no checkpoint in {ckpt}; start without --resume.")
+        step, best, loop = _load_checkpoint(ckpt, module, opt, meta)
+    history = loop["history"]
+
+    def evaluate_dev(at: int) -> None:
+        nonlocal best
+        history.append({"step": at})
+        if not dev:
+            return
+        with torch.no_grad():
+            report = evaluate(lm, module.kv(lm), data.spec, dev, config.max_length)
+        history[-1]["dev"] = report_dict(report)
+        score = dev_score(report)  # unrounded: ties and tiny NLL changes compare exactly
+        if loop["best_score"] is None or score > loop["best_score"]:
+            best = {k: v.detach().clone() for k, v in module.state_dict().items()}
+            loop.update(best_step=at, best_score=score, best_dev=history[-1]["dev"])
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=config.steps, initial=step, desc=f"train {spec_m.name}", unit="step", dynamic_ncols=True)
+    t0, wall_before = time.perf_counter(), loop["wall_s"]
+    module.train()
+    try:
+        with _SigintFlag() as sigint:
+            while step < config.steps:
+                idx = batch_indices(len(data.train), config.batch_size, config.seed, step)
+                batch = collate([encoded(i) for i in idx], lm.pad_token_id)
+                for g in opt.param_groups:
+                    g["lr"] = config.lr_at(step, g["base_lr"])
+                loss = loss_on_batch(lm, module, batch)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if config.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+                opt.step()
+                step += 1
+                ema = loop["loss_ema"]
+                loop["loss_ema"] = loss.item() if ema is None else 0.9 * ema + 0.1 * loss.item()
+                loop["wall_s"] = wall_before + time.perf_counter() - t0
+                if step % config.eval_every == 0 or step == config.steps:
+                    evaluate_dev(step)
+                    loop["wall_s"] = wall_before + time.perf_counter() - t0
+                    history[-1].update(loss=round(loop["loss_ema"], 4), wall_s=round(loop["wall_s"], 1))
+                if bar is not None:
+                    post = {"loss": f"{loop['loss_ema']:.3f}"}
+                    if loop["best_score"] is not None:
+                        post["dev"] = f"{loop['best_score']:.3f}"  # accuracy, or -NLL for generation
+                    bar.set_postfix(post)
+                    bar.update(1)
+                if ckpt is not None and (step % config.checkpoint_every == 0 or sigint.hit or step == config.steps):
+                    _save_checkpoint(ckpt, step, module, opt, best, loop, meta)
+                if sigint.hit and step < config.steps:
+                    raise TrainingInterrupted(step, ckpt) if ckpt else KeyboardInterrupt()
+    finally:
+        if bar is not None:
+            bar.close()
+    best_step, best_dev = loop["best_step"], loop["best_dev"]
+    if best_step >= 0:  # without dev data the final state is the result
+        module.load_state_dict(best)
+    module.eval()
+    return TrainResult(module, best_step, best_dev, history, wall_time_s=loop["wall_s"], steps=step, lr=lr)

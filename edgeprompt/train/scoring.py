@@ -1,0 +1,84 @@
+"""Scoring and metrics: label log-probabilities, accuracy, macro-F1, confusion, zero-shot baseline."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from edgeprompt.core.constants import TaskKind
+from edgeprompt.core.data import Example
+from edgeprompt.core.metrics import classification_report
+from edgeprompt.core.tasks import TaskSpec
+from edgeprompt.train.batching import Encoder, collate
+from edgeprompt.train.forward import KV, kv_from_embeddings, logits_at, prefix_length, text_hidden
+from edgeprompt.train.models import FrozenLM
+
+
+def instruction_kv(lm: FrozenLM, spec: TaskSpec) -> KV | None:
+    """The zero-shot baseline's prefix: the plain instruction as ordinary tokens (no soft prompt)."""
+    ids = lm.encode(spec.instruction) if spec.instruction else []
+    if not ids:
+        return None
+    with torch.no_grad():
+        return kv_from_embeddings(lm, lm.embeddings[ids])
+
+
+@torch.no_grad()
+def label_logprobs(lm: FrozenLM, kv: KV | None, enc: Encoder, examples: list[Example], batch_size: int = 32) -> np.ndarray:
+    """``[N, K]`` log p(verbalizer_k | prefix, input) summed over the verbalizer's tokens."""
+    verbs = enc.verbalizer_ids
+    K = len(verbs)
+    out = np.zeros((len(examples), K), dtype=np.float64)
+    single = all(len(v) == 1 for v in verbs)
+    first = torch.tensor([v[0] for v in verbs])
+    # Batches of similar length waste less compute on padding; rows go back to input order.
+    order = sorted(range(len(examples)), key=lambda i: len(enc.input_ids(examples[i].text)))
+    for s in range(0, len(examples), batch_size):
+        rows = order[s : s + batch_size]
+        chunk = [examples[i] for i in rows]
+        if single:
+            # One pass: the label is decided at the last input position.
+            encs = [enc.example(ex, target=()) for ex in chunk]
+            b = collate(encs, lm.pad_token_id)
+            h = text_hidden(lm, kv, b.input_ids, b.attention_mask)  # (B, T, d)
+            last = b.attention_mask.sum(1) - 1
+            logp = F.log_softmax(logits_at(lm, h[torch.arange(len(chunk)), last]).float(), dim=-1)  # (B, V)
+            out[rows] = logp[:, first].numpy()
+        else:
+            encs = [enc.example(ex, target=v) for ex in chunk for v in verbs]
+            b = collate(encs, lm.pad_token_id)
+            h = text_hidden(lm, kv, b.input_ids, b.attention_mask)
+            logp = F.log_softmax(logits_at(lm, h[b.tgt_rows, b.tgt_pos - 1]).float(), dim=-1)
+            tok = logp[torch.arange(len(b.tgt_ids)), b.tgt_ids]
+            per_seq = torch.zeros(len(encs), dtype=torch.float64).index_add_(0, b.tgt_rows, tok.double())
+            out[rows] = per_seq.view(len(chunk), K).numpy()
+    return out
+
+
+@torch.no_grad()
+def generation_report(lm: FrozenLM, kv: KV | None, enc: Encoder, examples: list[Example], batch_size: int = 16) -> dict:
+    """Teacher-forced target NLL, perplexity and token accuracy of a generation task."""
+    nll, correct, n = 0.0, 0, 0
+    for s in range(0, len(examples), batch_size):
+        b = collate([enc.example(ex) for ex in examples[s : s + batch_size]], lm.pad_token_id)
+        h = text_hidden(lm, kv, b.input_ids, b.attention_mask)
+        logits = logits_at(lm, h[b.tgt_rows, b.tgt_pos - 1]).float()
+        nll += F.cross_entropy(logits, b.tgt_ids, reduction="sum").item()
+        correct += (logits.argmax(-1) == b.tgt_ids).sum().item()
+        n += len(b.tgt_ids)
+    mean = nll / max(n, 1)
+    return {"nll": round(mean, 4), "perplexity": round(float(np.exp(mean)), 3), "token_accuracy": round(correct / max(n, 1), 4), "tokens": n}
+
+
+def evaluate(lm: FrozenLM, kv: KV | None, spec: TaskSpec, examples: list[Example], max_length: int | None = None, batch_size: int = 32):
+    """A :class:`ClassificationReport` for a classification task, a dict for a generation task.
+
+    ``max_length=None``: texts as the runtimes take them (see :class:`~edgeprompt.train.batching.Encoder`).
+    """
+    enc = Encoder(lm, spec, max_length, prefix_len=prefix_length(kv))
+    if spec.kind == TaskKind.CLASSIFICATION:
+        lp = label_logprobs(lm, kv, enc, examples, batch_size)
+        gold = np.array([enc.label_index[ex.label] for ex in examples], dtype=np.int64)
+        return classification_report(gold, lp.argmax(1), spec.labels)
+    return generation_report(lm, kv, enc, examples, batch_size)

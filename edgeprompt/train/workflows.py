@@ -1,0 +1,131 @@
+"""Library entry points behind the CLI: train a task into a bank, evaluate a bank task."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import asdict
+from typing import Any
+
+import torch
+
+from edgeprompt.core.bank import BankTask, PromptBank, check_task_name
+from edgeprompt.core.constants import TaskKeys, TaskKind
+from edgeprompt.core.data import Dataset, Example, load_dataset
+from edgeprompt.core.errors import EdgePromptError
+from edgeprompt.core.files import recover_directory
+from edgeprompt.core.methods import get_method
+from edgeprompt.core.metrics import report_dict
+from edgeprompt.core.tasks import INPUT_RULE, TaskSpec
+from edgeprompt.train.loop import TrainConfig, train
+from edgeprompt.train.models import FrozenLM
+from edgeprompt.train.scoring import evaluate, instruction_kv
+
+CHECKPOINTS_DIR = ".checkpoints"
+
+
+def data_record(data: Dataset, load_args: dict[str, Any]) -> dict:
+    return {**data.describe(), "load_args": load_args}
+
+
+def dataset_for_task(task: BankTask) -> Dataset:
+    """Rebuild the split a task was trained on, from its manifest's data record."""
+    rec = task.manifest.get(TaskKeys.DATA) or {}
+    args = dict(rec.get("load_args") or {})
+    source = args.pop("source", None)
+    if not source:
+        raise EdgePromptError(f"task {task.name!r} does not record its data; pass --data.")
+    args.pop("spec", None)
+    return load_dataset(source, spec=task.spec, **args)
+
+
+def train_task(
+    lm: FrozenLM,
+    data: Dataset,
+    load_args: dict[str, Any],
+    method: str,
+    method_config: Any,
+    config: TrainConfig,
+    bank: PromptBank,
+    name: str,
+    overwrite: bool = False,
+    resume: bool = False,
+    progress: bool = True,
+    evaluate_test: bool = True,
+    against: dict | None = None,
+) -> tuple[BankTask, dict]:
+    """Train, fold into ``bank`` as ``name``, then measure the test split against zero-shot."""
+    check_task_name(name)
+    spec_m = get_method(method)
+    bank.check_model(lm.info)
+    if name in bank.names() and not overwrite:
+        raise EdgePromptError(f"bank {bank.root} already has a task {name!r}; pass --overwrite to replace it or choose another --name.")
+    ckpt = bank.root / CHECKPOINTS_DIR / name
+    recover_directory(ckpt)  # a swap cut by a crash or a second Ctrl-C leaves it renamed aside
+    if not resume and (ckpt / "state.json").exists():
+        raise EdgePromptError(f"an interrupted run of {name!r} has a checkpoint in {ckpt}: continue it with --resume, or delete that folder to start afresh.")
+    result = train(lm, data, spec_m.name, method_config, config, checkpoint_dir=ckpt, resume=resume, progress=progress)
+    tensors = result.module.fold(lm)
+    training = {
+        "method_config": method_config.to_dict(),
+        "train_config": {**asdict(config), "lr": result.lr},
+        "steps": result.steps,
+        "best_step": result.best_step,
+        "wall_time_s": round(result.wall_time_s, 1),
+        "history": result.history,
+        "torch_threads": torch.get_num_threads(),
+    }
+    metrics = {"dev": result.best_dev}
+    extra = {TaskKeys.SOURCE: "edgeprompt", TaskKeys.TRAINING: training, TaskKeys.DATA: data_record(data, load_args), TaskKeys.METRICS: metrics}
+    extra[TaskKeys.INPUT_RULE] = {**INPUT_RULE, "train_max_length": config.max_length}
+    if against:
+        extra[TaskKeys.TRAINED_AGAINST] = against
+    task = bank.add(name, spec_m.name, tensors, data.spec, lm.info, extra=extra, overwrite=True)
+    shutil.rmtree(ckpt, ignore_errors=True)
+    summary: dict[str, Any] = {"task": name, "method": spec_m.name, "wall_time_s": training["wall_time_s"], "dev": result.best_dev}
+    if evaluate_test and data.test:
+        rep = evaluate_task(lm, task, data.test)
+        metrics["test"], metrics["zero_shot_test"] = rep["task"], rep["zero_shot"]
+        task = bank.update_manifest(name, **{TaskKeys.METRICS: metrics})
+        summary.update(test=rep["task"], zero_shot_test=rep["zero_shot"], reports=rep["reports"])
+    return task, summary
+
+
+def task_kv(lm: FrozenLM, task: BankTask):
+    """The KV prefix of a bank task on ``lm`` (shapes and fingerprint checked)."""
+    lm.info.check_compatible(task.base_model, f"task {task.name!r}")
+    spec_m = task.method_spec
+    tensors = task.tensors()
+    spec_m.check_tensors(tensors, lm.info, where=f"task {task.name!r}")
+    with torch.no_grad():
+        return spec_m.trainer().kv_from_folded(lm, tensors)
+
+
+def evaluate_task(lm: FrozenLM, task: BankTask, examples: list[Example], max_length: int | None = None, baseline: bool = True) -> dict:
+    """Metrics of the folded task and, beside them, of the zero-shot baseline (instruction, no soft prompt).
+
+    ``max_length=None`` (the default) scores each text as the runtimes do: whole, cut only to fit the
+    model's context (:func:`edgeprompt.core.tasks.input_ids`), so what eval reports is what a device does.
+    """
+    if not examples:
+        raise EdgePromptError("no examples to evaluate.")
+    spec = task.spec
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        rep = evaluate(lm, task_kv(lm, task), spec, examples, max_length)
+        zs = evaluate(lm, instruction_kv(lm, spec), spec, examples, max_length) if baseline else None
+    return {"task": report_dict(rep), "zero_shot": report_dict(zs), "reports": (rep, zs), "eval_s": round(time.perf_counter() - t0, 1)}
+
+
+def format_reports(spec: TaskSpec, reports: tuple) -> str:
+    rep, zs = reports
+    if spec.kind == TaskKind.CLASSIFICATION:
+        out = rep.format("soft prompt: ")
+        if zs is not None:
+            out += "\n" + zs.format("zero-shot:   ")
+            out += f"\n=> {100 * (rep.accuracy - zs.accuracy):+.1f} accuracy points over the zero-shot baseline"
+        return out
+    out = f"soft prompt: {rep}"
+    if zs is not None:
+        out += f"\nzero-shot:   {zs}"
+    return out
