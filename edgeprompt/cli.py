@@ -328,7 +328,7 @@ def cmd_export(args) -> int:
 def _open_runtime(args):
     from edgeprompt.runtimes import open_bundle
 
-    return open_bundle(args.bundle, backend=args.backend, threads=args.threads, cache_mb=args.cache_mb, n_ctx=args.n_ctx)
+    return open_bundle(args.bundle, backend=args.backend, threads=args.threads, cache_mb=args.cache_mb, n_ctx=args.n_ctx, prefix_dir=args.prefix_dir)
 
 
 def cmd_run(args) -> int:
@@ -405,6 +405,17 @@ def _add_runtime(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, help="compute threads (default: cores up to 4, then one fewer; or $EDGEPROMPT_THREADS)")
     p.add_argument("--cache-mb", type=float, default=256.0, help="memory budget of the per-task prefix cache (LRU), MB")
     p.add_argument("--n-ctx", type=int, default=2048, help="llama.cpp context, tokens")
+    p.add_argument(
+        "--prefix-dir",
+        help="keep computed prompt-tuning prefixes in this folder, so a cold task costs a file read instead of a prefill "
+        "(keyed by model file, backend version and task; safe to delete)",
+    )
+
+
+def _subcommand(sub, name: str, help: str | None = None, **kw) -> argparse.ArgumentParser:
+    """A subcommand whose own ``--help`` says what it does (argparse shows ``help`` only in the parent's list)."""
+    kw.setdefault("description", help)
+    return sub.add_parser(name, help=help, **kw)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -414,7 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"edgeprompt {__import__('edgeprompt').__version__}")
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    t = sub.add_parser(
+    t = _subcommand(
+        sub,
         "train",
         help="train a soft prompt or prefix on a frozen model and fold it into the bank",
         description="Train a prompt (only its parameters change), fold it into the bank, then report the test split next to the zero-shot baseline.",
@@ -462,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("eval", help="accuracy, macro-F1 and confusion matrix of a bank task, next to the zero-shot baseline")
+    e = _subcommand(sub, "eval", help="accuracy, macro-F1 and confusion matrix of a bank task, next to the zero-shot baseline")
     _add_model(e)
     _add_bank(e)
     e.add_argument("--task", required=True, help="task name in the bank")
@@ -482,25 +494,25 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print JSON")
     e.set_defaults(func=cmd_eval)
 
-    b = sub.add_parser("bank", help="list, show, remove, import and export the tasks of a prompt bank")
+    b = _subcommand(sub, "bank", help="list, show, remove, import and export the tasks of a prompt bank")
     bsub = b.add_subparsers(dest="bank_cmd", required=True)
-    bl = bsub.add_parser("list", help="the tasks, with method, P, accuracy and size")
+    bl = _subcommand(bsub, "list", help="the tasks, with method, P, accuracy and size")
     _add_bank(bl)
-    bs = bsub.add_parser("show", help="one task's manifest (JSON)")
+    bs = _subcommand(bsub, "show", help="one task's manifest (JSON)")
     _add_bank(bs)
     bs.add_argument("name")
     bs.add_argument("--full", action="store_true", help="include the training history")
-    br = bsub.add_parser("remove", help="delete a task")
+    br = _subcommand(bsub, "remove", help="delete a task")
     _add_bank(br)
     br.add_argument("name")
-    bi = bsub.add_parser("import-peft", help="import a PEFT prompt-tuning or prefix-tuning checkpoint (safetensors)")
+    bi = _subcommand(bsub, "import-peft", help="import a PEFT prompt-tuning or prefix-tuning checkpoint (safetensors)")
     _add_bank(bi)
     _add_model(bi)
     bi.add_argument("dir", help="folder with adapter_config.json and adapter_model.safetensors")
     bi.add_argument("--name", required=True)
     bi.add_argument("--overwrite", action="store_true")
     _add_task_format(bi)
-    be = bsub.add_parser("export-peft", help="write a task as a PEFT checkpoint that peft.PeftModel.from_pretrained loads")
+    be = _subcommand(bsub, "export-peft", help="write a task as a PEFT checkpoint that peft.PeftModel.from_pretrained loads")
     _add_bank(be)
     _add_model(be)
     be.add_argument("name")
@@ -509,7 +521,8 @@ def build_parser() -> argparse.ArgumentParser:
     for sp in (bl, bs, br, bi, be):
         sp.set_defaults(func=cmd_bank)
 
-    x = sub.add_parser(
+    x = _subcommand(
+        sub,
         "export",
         help="quantize and export the frozen model with the bank's tasks as an ONNX or GGUF bundle",
         description="Write a bundle: model file(s), tokenizer.json, the tasks and manifest.json with parity results. "
@@ -529,7 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--overwrite", action="store_true", help="replace OUTPUT (only once the new bundle is complete)")
     x.set_defaults(func=cmd_export)
 
-    r = sub.add_parser("run", help="run a bundle's task on a text: label and probabilities, or streamed generation (no torch)")
+    r = _subcommand(sub, "run", help="run a bundle's task on a text: label and probabilities, or streamed generation (no torch)")
     _add_runtime(r)
     r.add_argument("--task", help="task name (default: the plain model)")
     r.add_argument("text", help="the input text ('-' reads stdin)")
@@ -543,20 +556,20 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true", help="classification result as JSON")
     r.set_defaults(func=cmd_run)
 
-    v = sub.add_parser("verify", help="check a bundle on this device: file sha256s, then the parity probes against the stored torch reference")
+    v = _subcommand(sub, "verify", help="check a bundle on this device: file sha256s, then the parity probes against the stored torch reference")
     _add_runtime(v)
     v.set_defaults(func=cmd_verify)
 
-    sv = sub.add_parser("serve", help="serve a bundle over HTTP JSON (/classify, /generate, /tasks, /health), one task per request")
+    sv = _subcommand(sub, "serve", help="serve a bundle over HTTP JSON (/classify, /generate, /tasks, /health), one task per request")
     _add_runtime(sv)
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 for the network)")
     sv.add_argument("--port", type=int, default=8080)
     sv.set_defaults(func=cmd_serve)
 
-    m = sub.add_parser("models", help="list base models, or convert a GGUF to a cached transformers folder")
+    m = _subcommand(sub, "models", help="list base models, or convert a GGUF to a cached transformers folder")
     msub = m.add_subparsers(dest="models_cmd", required=True)
-    msub.add_parser("list", help="the default model and the converted ones").set_defaults(func=cmd_models)
-    mc = msub.add_parser("convert", help="convert 'default' or a .gguf once into the cache; prints the folder")
+    _subcommand(msub, "list", help="the default model and the converted ones").set_defaults(func=cmd_models)
+    mc = _subcommand(msub, "convert", help="convert 'default' or a .gguf once into the cache; prints the folder")
     mc.add_argument("source")
     mc.add_argument("--force", action="store_true", help="convert again even if cached")
     mc.set_defaults(func=cmd_models)

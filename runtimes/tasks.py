@@ -23,7 +23,7 @@ from safetensors.numpy import load as _st_load
 
 from edgeprompt.core.bank import BankTask
 from edgeprompt.core.bundle import Bundle
-from edgeprompt.core.constants import TASK_MANIFEST_FILE, TASK_TENSORS_FILE, TASK_VERSION, TaskFormKeys, TaskKeys, TaskKind, TaskRecordKeys
+from edgeprompt.core.constants import TASK_MANIFEST_FILE, TASK_TENSORS_FILE, TASK_VERSION, TaskFormKeys, TaskKeys, TaskRecordKeys
 from edgeprompt.core.errors import BankError, EdgePromptError, RequestError, check_version
 from edgeprompt.core.files import atomic_write_bytes
 from edgeprompt.core.methods import MethodSpec, PrefixKind, get_method
@@ -104,13 +104,7 @@ class TaskStore:
                 raise BankError(f"task {name!r}: its manifest lacks {k!r}; the task is damaged: train or import it again.")
         self.info.check_compatible(ModelInfo.from_dict(m[TaskKeys.BASE_MODEL]), f"task {name!r}")
         method = get_method(m[TaskKeys.METHOD])
-        spec = TaskSpec(
-            kind=m[TaskKeys.KIND],
-            template=m[TaskKeys.TEMPLATE],
-            instruction=m.get(TaskKeys.INSTRUCTION, ""),
-            labels=m.get(TaskKeys.LABELS) or [],
-            verbalizers=m.get(TaskKeys.VERBALIZERS) or {},
-        )
+        spec = TaskSpec.from_manifest(m)
         P = m[TaskKeys.NUM_VIRTUAL_TOKENS]
         if isinstance(P, bool) or not isinstance(P, int) or P < 1:
             raise BankError(f"task {name!r}: num_virtual_tokens is {P!r}; it must be a positive integer.")
@@ -177,12 +171,16 @@ class TaskStore:
             p = self._from_bytes(e, cached.read_bytes, f"the disk cache {cached}")
             if p is not None:
                 return p
-        with self.backend.sequence(None) as seq:
-            seq.feed_embeds(arr)
-            p = seq.snapshot()
+        p = self.prefill(arr)
         if cached is not None:
             atomic_write_bytes(cached, self.backend.prefix_to_bytes(p))
         return p
+
+    def prefill(self, rows: np.ndarray) -> Prefix:
+        """Rows ``[P, d]`` run through the model as input embeddings, snapshotted: a prompt's prefix."""
+        with self.backend.sequence(None) as seq:
+            seq.feed_embeds(rows)
+            return seq.snapshot()
 
     def _from_bytes(self, e: TaskEntry, read: Callable[[], bytes], what: str) -> Prefix | None:
         try:
@@ -198,6 +196,3 @@ class TaskStore:
             return None
         key = hashlib.sha256(f"{self.model_key}|{self.backend.name}|{self.backend.version}|{e.key}".encode()).hexdigest()[:24]
         return self.prefix_dir / f"{e.name}-{key}{self.backend.prefix_suffix}"
-
-    def is_classification(self, e: TaskEntry) -> bool:
-        return e.spec.kind == TaskKind.CLASSIFICATION

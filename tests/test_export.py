@@ -16,7 +16,7 @@ from edgeprompt.core.constants import PARITY_FP32_MAX_ABS
 from edgeprompt.core.errors import EdgePromptError
 from edgeprompt.core.files import file_sha256
 
-from .conftest import REPO, build_tiny_model, run_cli
+from .conftest import REPO, agree_over_margin, build_tiny_model, run_cli
 
 
 def _no_tmp_left(parent: Path, name: str) -> bool:
@@ -35,11 +35,24 @@ def test_full_precision_export_matches_torch_for_prompt_and_prefix_tasks(bundle_
 
 
 @pytest.mark.parametrize("fmt,quant", [("onnx", "int8"), ("gguf", "q8_0")])
-def test_8bit_exports_keep_top1_agreement(bundle_of, fmt, quant):
-    m = json.loads((bundle_of(fmt, quant) / "manifest.json").read_text())
-    for task, r in m["parity"].items():
-        assert r["top1_agreement"] >= 0.99, (task, r)
-        assert 0 < r["max_abs_logit_diff"] < 0.5, (task, r)  # quantized: not equal, but close
+def test_8bit_exports_keep_top1_where_the_margin_allows(bundle_of, fmt, quant):
+    from edgeprompt.core.bundle import Bundle
+    from edgeprompt.runtimes import open_bundle
+
+    b = bundle_of(fmt, quant)
+    m = json.loads((b / "manifest.json").read_text())
+    probes, ref = Bundle.open(b).probes()
+    with open_bundle(b, threads=1) as rt:
+        cand = np.stack([rt.logits(p.task or None, p.text) for p in probes])
+    # 8-bit blocks of weights and (both backends) activations: each of the 7L+1 quantized matmuls adds ~2**-8
+    # of its block's max, in quadrature, times the largest logit. An estimate, not a bound, so the figure is
+    # asserted within 4 x est, and top-1 only where the reference leads by more than 2 x est.
+    L = m["base_model"]["num_layers"]
+    est = np.sqrt(7 * L + 1) * 2.0**-8 * float(np.abs(ref).max())
+    d = float(np.abs(cand - ref).max())
+    print(f"{fmt} {quant}: max|dlogit| {d:.3g}, 8-bit estimate {est:.3g}")
+    assert 0 < d < 4 * est, (d, est)  # quantized: not equal, but close
+    assert agree_over_margin(ref, cand, 2 * est) >= len(probes) // 2  # most probes are decided, and agree
     types = m["model"]["tensor_types"]
     assert ("MatMulNBits" in types) if fmt == "onnx" else ("Q8_0" in types)
 
@@ -278,8 +291,9 @@ def test_against_f32_bundle_reproduces_the_model_and_q8_matches_llama_cpp(bundle
         got = lm.model(x).logits[0, -1].numpy()
     with open_bundle(bundle_of("gguf", "q8_0")) as rt:
         deployed = rt.logits(None, "the movie was really good")
-    assert np.abs(got - want).max() > 1e-4  # the weights did change
-    assert np.abs(got - deployed).max() < np.abs(want - deployed).max()  # closer to what runs on device
+    rms = lambda d: float(np.sqrt(np.mean(d**2)))  # noqa: E731  (over the whole vocabulary: one outlier logit decides nothing)
+    assert rms(got - want) > 1e-4  # the weights did change
+    assert rms(got - deployed) < rms(want - deployed)  # closer to what runs on device
 
 
 def test_against_refuses_onnx_bundles(bundle_of, tiny_tied_dir):

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
+from edgeprompt.core.constants import PARITY_FP32_MAX_ABS
 from edgeprompt.core.errors import EdgePromptError
 
 from .conftest import REPO, build_tiny_model, make_bank, run_cli
@@ -88,13 +89,16 @@ def test_plain_model_equals_stock_llama_cpp_on_the_same_file(bundle_of):
     from edgeprompt.runtimes import open_bundle
 
     b = bundle_of("gguf", "q8_0")
-    with open_bundle(b) as rt:
-        ids = rt.encode("the movie was really good today")
-        ours = rt.logits(None, "the movie was really good today")
-    llm = llama_cpp.Llama(model_path=str(b / "model/model.gguf"), n_ctx=2048, n_threads=1, logits_all=True, verbose=False)
-    assert llm.tokenize(b"the movie was really good today", add_bos=False, special=False) == ids
+    text = "the movie was really good today"
+    T, ctx = 1, 512  # the same threads and context on both sides: llama.cpp runs the same kernels on the same splits
+    with open_bundle(b, threads=T, n_ctx=ctx) as rt:
+        ids = rt.encode(text)
+        ours = rt.logits(None, text)
+    llm = llama_cpp.Llama(model_path=str(b / "model/model.gguf"), n_ctx=ctx, n_threads=T, n_threads_batch=T, logits_all=False, verbose=False)
+    assert llm.tokenize(text.encode(), add_bos=False, special=False) == ids
     llm.eval(ids)
-    np.testing.assert_allclose(np.array(llm.scores[llm.n_tokens - 1]), ours, atol=1e-4)
+    stock = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),)).copy()
+    np.testing.assert_array_equal(stock, ours)  # same file, machine, settings and one output row: bit for bit
     llm.close()
 
 
@@ -111,15 +115,22 @@ def test_greedy_generation_equals_torch(bundle_of, tiny_tied_dir, tiny_bank):
     task = PromptBank(tiny_bank).task("pt")
     kv = task_kv(lm, task)
     ids = task.spec.encode_input(lm.encode, "the food was")
-    want = []
+    want, margins = [], []
     with torch.no_grad():
         for _ in range(8):
             x = torch.tensor([ids + want])
-            want.append(int(full_logits(lm, kv, x, torch.ones_like(x))[0, -1].argmax()))
+            logits = full_logits(lm, kv, x, torch.ones_like(x))[0, -1]
+            top2 = logits.topk(2).values
+            margins.append(float(top2[0] - top2[1]))
+            want.append(int(logits.argmax()))
+    # an fp32 export is within PARITY_FP32_MAX_ABS of torch per logit: a step whose top-2 margin is under
+    # twice that could flip, so tokens are compared up to the first such step (on this model: all 8)
+    sure = next((i for i, m in enumerate(margins) if m <= 2 * PARITY_FP32_MAX_ABS), len(margins))
+    assert sure >= 4, margins
     with open_bundle(bundle_of("onnx", "fp32")) as rt:
         rt.eos_token_id = None  # compare all 8 steps even if EOS comes up
         pieces = list(rt.generate("pt", "the food was", max_new_tokens=8))
-        assert "".join(pieces) == rt.decode(want)
+        assert "".join(pieces).startswith(rt.decode(want[:sure]))
         assert rt.generate("pt", "the food was", max_new_tokens=8, stream=False) == "".join(pieces)
 
 
@@ -146,6 +157,33 @@ def test_prefix_cache_cold_then_warm_and_lru(fp32_bundle):
     with open_bundle(fp32_bundle, cache_mb=0.5 * one / 2**20) as rt:
         np.testing.assert_array_equal(rt.logits("pt", "nice day"), cold)
         assert rt.cache.keys() == []
+
+
+def test_prefix_dir_turns_a_cold_prompt_tuning_swap_into_a_read(fp32_bundle, tmp_path, monkeypatch):
+    """A computed prompt-tuning prefix is kept on disk; a second runtime reads it instead of prefilling,
+    with the same logits; a file that is not a prefix of this model is refused, prefilled and replaced."""
+    from edgeprompt.runtimes import open_bundle
+
+    pdir = tmp_path / "prefixes"
+    with open_bundle(fp32_bundle, threads=1, prefix_dir=pdir) as rt:
+        first = rt.logits("pt", "nice day")
+        rt.logits("px", "nice day")
+    files = sorted(pdir.iterdir())
+    assert len(files) == 1 and files[0].name.startswith("pt-")  # prompt tuning only: a KV prefix is read as it is
+    prefills = []
+    with open_bundle(fp32_bundle, threads=1, prefix_dir=pdir) as rt:
+        with rt.backend.sequence(None) as s:
+            seq_cls = type(s)
+        real_feed = seq_cls.feed_embeds
+        monkeypatch.setattr(seq_cls, "feed_embeds", lambda self, e: prefills.append(len(e)) or real_feed(self, e))
+        np.testing.assert_array_equal(rt.logits("pt", "nice day"), first)  # same engine, same threads: exact
+        assert prefills == []  # read from the disk cache, not prefilled
+    files[0].write_bytes(b"\0" * 64)  # not a prefix of this model
+    with pytest.warns(UserWarning, match="refused"):
+        with open_bundle(fp32_bundle, threads=1, prefix_dir=pdir) as rt:
+            np.testing.assert_array_equal(rt.logits("pt", "nice day"), first)
+    assert prefills == [4]  # prefilled once (P=4) ...
+    assert files[0].stat().st_size > 64  # ... and the file replaced by the real prefix
 
 
 def test_threads_with_mixed_tasks_equal_sequential(fp32_bundle):

@@ -96,3 +96,37 @@ def test_generation_task_trains_on_the_target_and_reports_perplexity(tiny_lm, tm
     after = evaluate(tiny_lm, res.module.kv(tiny_lm), data.spec, data.test, 48)
     assert set(after) >= {"nll", "perplexity", "token_accuracy"}
     assert after["nll"] < before["nll"]
+
+
+@pytest.mark.parametrize("fmt,quant", [("onnx", "fp32"), ("gguf", "f32")])
+def test_eval_and_the_runtime_agree_example_by_example_on_texts_longer_than_the_training_cut(bundle_of, tiny_bank, tiny_tied_dir, fmt, quant):
+    """What ``edgeprompt eval`` reports is what the device does: the same input rule on both paths."""
+    from edgeprompt.core.bank import PromptBank
+    from edgeprompt.core.constants import PARITY_FP32_MAX_ABS
+    from edgeprompt.runtimes.runtime import open_bundle
+    from edgeprompt.train.models import FrozenLM
+    from edgeprompt.train.workflows import task_kv
+
+    from .conftest import make_sentences
+
+    lm = FrozenLM.load(tiny_tied_dir)
+    task = PromptBank(tiny_bank).task("pt")
+    train_cut = 32  # a training --max-length: every text below is several times longer
+    sents = make_sentences(400, seed=5)
+    examples = [Example(" ".join(s for s, _ in sents[i * 12 : (i + 1) * 12]), sents[i * 12][1]) for i in range(24)]
+    assert min(len(lm.encode(e.text)) for e in examples) > 3 * train_cut
+    kv = task_kv(lm, task)
+    P = task.num_virtual_tokens
+    ours = label_logprobs(lm, kv, Encoder(lm, task.spec, None, prefix_len=P), examples)  # eval's rule (max_length=None)
+    cut = label_logprobs(lm, kv, Encoder(lm, task.spec, train_cut, prefix_len=P), examples)  # the old eval: the training cut
+    with open_bundle(bundle_of(fmt, quant), threads=1) as rt:
+        dev = np.array([[rt.classify("pt", e.text).logprobs[lab] for lab in task.spec.labels] for e in examples])
+    # A log-probability is a logit minus a logsumexp: each side differs by at most the fp32 gate's bound.
+    tol = 2 * PARITY_FP32_MAX_ABS
+    np.testing.assert_allclose(ours, dev, atol=tol, rtol=0)
+    margin = np.abs(dev[:, 0] - dev[:, 1])
+    sure = margin > 2 * tol  # where the label cannot flip within the tolerance, it must be the same
+    assert sure.sum() >= len(examples) // 2
+    assert (ours.argmax(1)[sure] == dev.argmax(1)[sure]).all()
+    # the check can fail: the training cut scores other inputs than the device sees
+    assert np.abs(cut - dev).max() > 10 * tol

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from .conftest import agree_over_margin
+
 pytestmark = pytest.mark.slow
 
 TEXTS = ["The weather today is", "I can't believe we won 2-1 in the last minute!!!", "Breakfast: two eggs and 1 coffee."]
@@ -35,7 +37,7 @@ def test_default_gguf_passed_through_equals_stock_llama_cpp(tmp_path):
     llm = llama_cpp.Llama(model_path=str(b / "model/model.gguf"), n_ctx=512, n_threads=T, n_threads_batch=T, logits_all=False, verbose=False)
     with open_bundle(b, n_ctx=512, threads=T) as rt:
         cand = np.stack([rt.logits(p.task or None, p.text) for p in probes])
-        _agree_over_margin(ref, cand, 2 * est)
+        agree_over_margin(ref, cand, 2 * est)
         for text in TEXTS:
             ids = rt.encode(text)
             assert llm.tokenize(text.encode(), add_bos=False, special=False) == ids  # smollm pre-tokenizer restored
@@ -52,15 +54,6 @@ def _probes(b):
     from edgeprompt.core.bundle import Bundle
 
     return Bundle.open(b).probes()
-
-
-def _agree_over_margin(ref: np.ndarray, cand: np.ndarray, tol: float) -> int:
-    """Top-1 must agree wherever torch's top-1 leads its runner-up by more than 2 x tol: an error of at
-    most tol per logit cannot flip those. Rows under the margin are counted, not asserted."""
-    s = np.sort(ref, -1)
-    sure = s[:, -1] - s[:, -2] > 2 * tol
-    assert not np.any(sure & (ref.argmax(-1) != cand.argmax(-1))), (tol, np.flatnonzero(sure))
-    return int(sure.sum())
 
 
 def test_onnx_fp32_export_of_smollm2_passes_the_gate(tmp_path):

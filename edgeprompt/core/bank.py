@@ -63,14 +63,7 @@ class BankTask:
 
     @property
     def spec(self) -> TaskSpec:
-        m = self.manifest
-        return TaskSpec(
-            kind=m[TaskKeys.KIND],
-            template=m[TaskKeys.TEMPLATE],
-            instruction=m.get(TaskKeys.INSTRUCTION, ""),
-            labels=m.get(TaskKeys.LABELS) or [],
-            verbalizers=m.get(TaskKeys.VERBALIZERS) or {},
-        )
+        return TaskSpec.from_manifest(self.manifest)
 
     @property
     def num_virtual_tokens(self) -> int:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from edgeprompt.core.constants import TaskKind
+from edgeprompt.core.constants import TaskKeys, TaskKind
 from edgeprompt.core.errors import EdgePromptError, RequestError
 
 Encoder = Callable[[str], list]
@@ -86,23 +86,15 @@ class TaskSpec:
             raise EdgePromptError(f"two verbalizers encode to the same tokens: {self.verbalizers!r}.")
         return out
 
-    def to_dict(self) -> dict:
-        return {
-            "kind": self.kind.value,
-            "template": self.template,
-            "instruction": self.instruction,
-            "labels": list(self.labels),
-            "verbalizers": dict(self.verbalizers),
-        }
-
     @classmethod
-    def from_dict(cls, d: dict) -> "TaskSpec":
+    def from_manifest(cls, m: dict) -> "TaskSpec":
+        """The spec a task manifest records (the bank's and the runtime's one reader)."""
         return cls(
-            kind=d.get("kind", TaskKind.CLASSIFICATION.value),
-            template=d.get("template", "{text}"),
-            instruction=d.get("instruction", ""),
-            labels=list(d.get("labels") or []),
-            verbalizers=dict(d.get("verbalizers") or {}),
+            kind=m[TaskKeys.KIND],
+            template=m[TaskKeys.TEMPLATE],
+            instruction=m.get(TaskKeys.INSTRUCTION, ""),
+            labels=m.get(TaskKeys.LABELS) or [],
+            verbalizers=m.get(TaskKeys.VERBALIZERS) or {},
         )
 
 

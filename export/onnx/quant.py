@@ -19,7 +19,6 @@ Weights are saved as one external-data file beside the graph (protobuf caps a fi
 
 from __future__ import annotations
 
-import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -86,11 +85,3 @@ def op_types(path: str | Path) -> dict[str, int]:
     c = Counter(n.op_type for n in m.graph.node)
     keep = ("MatMul", "MatMulNBits", "DynamicQuantizeMatMul", "MatMulInteger", "DynamicQuantizeLinear", "Gemm")
     return {k: c[k] for k in keep if c[k]}
-
-
-def copy_model(src: Path, dst: Path) -> None:
-    """Copy a graph and its external data file."""
-    shutil.copy2(src, dst)
-    data = src.with_name(src.name + ".data")
-    if data.exists():
-        shutil.copy2(data, dst.with_name(dst.name + ".data"))

@@ -54,7 +54,7 @@ class LlamaCppBackend:
         return _LlamaSequence(self.engine, prefix)
 
     def memory(self) -> dict[str, int]:
-        return {"weights": self.engine.model_bytes()}
+        return self.engine.memory()
 
     def close(self) -> None:
         if self.engine is not None:

@@ -53,8 +53,15 @@ class OnnxBackend:
         return _OnnxSequence(self.engine, prefix)
 
     def memory(self) -> dict[str, int]:
+        """The weights' file bytes and the embedding table onnxruntime's graph does not hold; no KV cache is
+        allocated ahead: a sequence's past key/values (float32) grow with it."""
         e = self.engine
-        return {"weights_file": e.model_file_bytes, "embeddings": int(e.embeddings.nbytes) if e.embeddings is not None else 0}
+        return {
+            "weights": e.model_file_bytes,
+            "embeddings": int(e.embeddings.nbytes) if e.embeddings is not None else 0,
+            "kv_cache": 0,
+            "kv_bytes_per_position": int(e.num_layers * 2 * e.num_kv_heads * e.head_dim * 4),
+        }
 
     def close(self) -> None:
         self.engine = None
