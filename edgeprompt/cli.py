@@ -11,6 +11,8 @@ import dataclasses
 import json
 import os
 import sys
+import time
+from pathlib import Path
 from typing import Sequence
 
 from edgeprompt.core.constants import BACKENDS, BANK_ENV, DEFAULT_MODEL, BundleKeys, FileKeys, ModelKeys, ParityKeys, TaskKeys, TaskKind
@@ -399,6 +401,105 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def _ints(s: str) -> list[int]:
+    try:
+        return [int(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a comma-separated list of integers") from None
+
+
+def cmd_profile(args) -> int:
+    from edgeprompt.profile import devices
+    from edgeprompt.profile.run import ProfileConfig, profile_bundles
+
+    if args.list_devices:
+        for name in devices.builtin_names():
+            d = devices.load(name)
+            print(f"{name:<18} {d.get('title', '')}")
+        return 0
+    if args.calibrate:
+        return _calibrate(args)
+    if not args.bundles:
+        raise EdgePromptError("profile needs at least one BUNDLE (or --calibrate, or --list-devices).")
+    if not args.out:
+        raise EdgePromptError("profile needs --out DIR for its report.")
+    kw = {}
+    for flag in ("threads", "P", "text_lengths", "tasks"):
+        v = getattr(args, flag)
+        if v is not None:
+            kw[flag] = v
+    for flag in ("decode", "reps", "cache_mb", "n_ctx"):
+        v = getattr(args, flag)
+        if v is not None:
+            kw[flag] = v
+    if args.devices is not None:
+        kw["devices"] = [d for d in args.devices.split(",") if d]
+    cfg = ProfileConfig.quick(**kw) if args.quick else ProfileConfig(**kw)
+    t0 = time.perf_counter()
+    try:
+        res = profile_bundles(
+            args.bundles, args.out, cfg, force=args.force, device_files=args.device or [], log=lambda s: print(s, file=sys.stderr, flush=True)
+        )
+    except KeyboardInterrupt:
+        print(f"edgeprompt: interrupted; the partial results are in {args.out}/results.json (its 'missing' says what was not measured).", file=sys.stderr)
+        return 130
+    print(f"wrote {args.out}/report.md, report.html and results.json in {time.perf_counter() - t0:.0f} s")
+    for line in res.get("headline", [])[:8]:
+        print(" -", line)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from edgeprompt.demo import run_demo
+
+    r = run_demo(args.dir, args.bank, args.out, steps=args.steps, log=lambda s: print(s, flush=True))
+    t = r["timings"]
+    print(
+        f"\ndone in {t['total_s'] / 60:.1f} min (train {t['train_s']:.0f} s, export {t['export_s']:.0f} s, "
+        f"classify {t['classify_s']:.0f} s, profile {t['profile_s']:.0f} s). The report: {r['report']}"
+    )
+    for line in r["headline"]:
+        print(" -", line)
+    return 0
+
+
+def _calibrate(args) -> int:
+    """Measure this device (bandwidth per thread count; with a bundle, its prefill throughput) into a profile."""
+    import json
+
+    from edgeprompt.core.files import atomic_write_bytes
+    from edgeprompt.profile import devices
+    from edgeprompt.profile.costmodel import read_rate_bps
+    from edgeprompt.profile.environment import environment, usable_cores
+    from edgeprompt.profile.memory import bandwidth_gbs
+
+    env = environment()
+    threads = args.threads or list(range(1, usable_cores() + 1))
+    bw = {t: bandwidth_gbs(t)["gbs"] for t in threads}
+    cal, read = None, None
+    if args.bundles:
+        from edgeprompt.profile.bundle_profile import text_ids
+        from edgeprompt.runtimes.runtime import open_bundle
+
+        with open_bundle(args.bundles[0]) as rt:
+            n_params = rt.backend.memory().get("n_params")
+            read = read_rate_bps(rt.bundle.model_file)
+            if n_params:
+                ids = text_ids(rt, 128)
+                best = None
+                for _ in range(3):
+                    t = time.perf_counter()
+                    rt.logits(None, rt.decode(ids))
+                    dt = time.perf_counter() - t
+                    best = dt if best is None else min(best, dt)
+                cal = {"threads": rt.backend.engine.threads if hasattr(rt.backend, "engine") else threads[-1], "G_flops": 2 * n_params * len(ids) / best}
+    prof = devices.calibrated(args.name or "this-device", env, bw, cal, read)
+    out = Path(args.out or f"{prof['name']}.json")
+    atomic_write_bytes(out, json.dumps(prof, indent=1).encode())
+    print(f"wrote {out}: bandwidth {', '.join(f'{t} threads {v:.1f} GB/s' for t, v in bw.items())}; use it with --device {out}")
+    return 0
+
+
 def _add_runtime(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", help="a bundle folder written by `edgeprompt export`")
     p.add_argument("--backend", choices=BACKENDS, default="auto")
@@ -559,6 +660,47 @@ def build_parser() -> argparse.ArgumentParser:
     v = _subcommand(sub, "verify", help="check a bundle on this device: file sha256s, then the parity probes against the stored torch reference")
     _add_runtime(v)
     v.set_defaults(func=cmd_verify)
+
+    pf = _subcommand(
+        sub,
+        "profile",
+        help="latency and memory profiles of bundles per arm (plain, hard prompt, prompt tuning cold/warm, virtual tokens, shipped KV, "
+        "prefix tuning cold/warm), sweeps, a cost model and device projections: report.md, report.html, results.json",
+    )
+    pf.add_argument("bundles", nargs="*", metavar="BUNDLE", help="bundle folders (each profiled on its own backend)")
+    pf.add_argument("--out", help="folder for report.md, report.html and results.json")
+    pf.add_argument("--force", action="store_true", help="replace the report in an --out folder that is not empty")
+    pf.add_argument("--quick", action="store_true", help="fewer repetitions and sweep points (about 2 minutes a bundle)")
+    pf.add_argument("--threads", type=_ints, help="thread counts to sweep (default 1..cores)")
+    pf.add_argument("--P", type=_ints, help="virtual tokens to sweep, synthetic tasks (default 5,10,20,50,100)")
+    pf.add_argument("--text-lengths", type=_ints, help="user-text tokens to sweep (default 16,64,256)")
+    pf.add_argument("--tasks", type=_ints, help="tasks in the bundle to sweep, per method (default 1,10,100,1000)")
+    pf.add_argument("--decode", type=int, help="tokens decoded per request (default 32)")
+    pf.add_argument("--reps", type=int, help="repetitions per figure, after one warm-up (default 5)")
+    pf.add_argument("--cache-mb", type=float, help="the prefix cache's budget for the bank sweep (default 64)")
+    pf.add_argument("--n-ctx", type=int, help="llama.cpp context (default 2048)")
+    pf.add_argument("--devices", help="built-in device profiles to project onto, comma-separated (default: all; see --list-devices)")
+    pf.add_argument("--device", action="append", help="a device profile file (from --calibrate on that device); repeatable")
+    pf.add_argument("--list-devices", action="store_true", help="list the built-in device profiles")
+    pf.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="measure this device and write its profile (--out FILE, --name NAME; with a BUNDLE, its prefill throughput too)",
+    )
+    pf.add_argument("--name", help="--calibrate: the device's name")
+    pf.set_defaults(func=cmd_profile)
+
+    dm = _subcommand(
+        sub,
+        "demo",
+        help="the main job on the embedded default: train a prompt-tuning and a prefix-tuning task on the tweets (reused when present), "
+        "export GGUF q8_0 and ONNX int8 bundles, classify tweets swapping tasks, profile both and write the report",
+    )
+    dm.add_argument("--dir", default=".", help="where the bank, the bundles and the report go (default: here)")
+    dm.add_argument("--bank", default="edgeprompt-bank", help="the bank folder, under --dir")
+    dm.add_argument("--out", default="edgeprompt-profile", help="the report folder, under --dir (replaced)")
+    dm.add_argument("--steps", type=int, help="training steps per task (default: the training default, 200)")
+    dm.set_defaults(func=cmd_demo)
 
     sv = _subcommand(sub, "serve", help="serve a bundle over HTTP JSON (/classify, /generate, /tasks, /health), one task per request")
     _add_runtime(sv)

@@ -61,24 +61,22 @@ def test_runtime_extra_pulls_no_torch():
     assert "torch==2.13.0" in meta["optional-dependencies"]["train"]  # pinned: an unpinned torch is a CUDA download
 
 
+def _leaf_commands(parser, prefix=()) -> list[list[str]]:
+    """Every runnable command of the parser (walked, so a new subcommand is covered without listing it)."""
+    import argparse
+
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        return [list(prefix)]
+    return [c for name, p in subs[0].choices.items() for c in _leaf_commands(p, (*prefix, name))]
+
+
 def test_every_subcommand_has_help(capsys):
     from edgeprompt.cli import build_parser
 
-    for argv in (
-        ["train"],
-        ["eval"],
-        ["bank", "list"],
-        ["bank", "show"],
-        ["bank", "remove"],
-        ["bank", "import-peft"],
-        ["bank", "export-peft"],
-        ["models", "list"],
-        ["models", "convert"],
-        ["export"],
-        ["run"],
-        ["serve"],
-        ["verify"],
-    ):
+    commands = _leaf_commands(build_parser())
+    assert len(commands) >= 15 and ["profile"] in commands and ["demo"] in commands
+    for argv in commands:
         with pytest.raises(SystemExit) as e:
             build_parser().parse_args([*argv, "--help"])
         assert e.value.code == 0
