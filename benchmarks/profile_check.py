@@ -47,7 +47,9 @@ def main() -> None:
     common = ["--gguf", a.gguf, "--threads", str(a.threads), "--tokens", str(a.tokens), "--n-ctx", str(a.n_ctx)]
     bench, prof_med, prof_mean = [], [], []
     for _ in range(a.repeats):
-        r = subprocess.run([sys.executable, str(HERE / "runtime.py"), "--child", "llama-ours", *common, "--swaps", "10", "--ttft-reps", "2"], capture_output=True, text=True)
+        r = subprocess.run(
+            [sys.executable, str(HERE / "runtime.py"), "--child", "llama-ours", *common, "--swaps", "10", "--ttft-reps", "2"], capture_output=True, text=True
+        )
         if r.returncode:
             raise SystemExit(r.stderr[-2000:])
         bench.append(json.loads(r.stdout.strip().splitlines()[-1])["eval_tps"])

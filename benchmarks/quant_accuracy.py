@@ -16,9 +16,9 @@ import time
 import numpy as np
 
 from edgeprompt.core.bank import PromptBank
+from edgeprompt.core.data import dataset_for_task
 from edgeprompt.core.metrics import classification_report
 from edgeprompt.runtimes import open_bundle
-from edgeprompt.train.workflows import dataset_for_task
 
 
 def main() -> None:

@@ -183,8 +183,9 @@ def cmd_train(args) -> int:
 
 def cmd_eval(args) -> int:
     from edgeprompt.core.bank import PromptBank
+    from edgeprompt.core.data import dataset_for_task
     from edgeprompt.train.models import FrozenLM
-    from edgeprompt.train.workflows import dataset_for_task, evaluate_task, format_reports
+    from edgeprompt.train.workflows import evaluate_task, format_reports
 
     bank = PromptBank(args.bank)
     task = bank.task(args.task)
@@ -428,7 +429,7 @@ def cmd_profile(args) -> int:
         v = getattr(args, flag)
         if v is not None:
             kw[flag] = v
-    for flag in ("decode", "reps", "cache_mb", "n_ctx"):
+    for flag in ("decode", "reps", "cache_mb", "n_ctx", "eval_n"):
         v = getattr(args, flag)
         if v is not None:
             kw[flag] = v
@@ -679,6 +680,11 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("--reps", type=int, help="repetitions per figure, after one warm-up (default 5)")
     pf.add_argument("--cache-mb", type=float, help="the prefix cache's budget for the bank sweep (default 64)")
     pf.add_argument("--n-ctx", type=int, help="llama.cpp context (default 2048)")
+    pf.add_argument(
+        "--eval", dest="eval_n", type=int, metavar="N", help="also classify N test examples of each task through the runtime: accuracy and macro-F1"
+    )
+    pf.add_argument("--train-cost", action="store_true", help="also measure training step time and peak RSS per method and P (needs the train extra)")
+    pf.add_argument("--train-model", default="default", help="--train-cost: the bundles' base model for training ('default' or a folder)")
     pf.add_argument("--devices", help="built-in device profiles to project onto, comma-separated (default: all; see --list-devices)")
     pf.add_argument("--device", action="append", help="a device profile file (from --calibrate on that device); repeatable")
     pf.add_argument("--list-devices", action="store_true", help="list the built-in device profiles")

@@ -45,8 +45,16 @@ def run_demo(
     out: str | Path = "edgeprompt-profile",
     steps: int | None = None,
     log: Callable[[str], None] = print,
+    model: str | Path = "default",
+    data=None,
+    data_args: dict | None = None,
+    profile_config=None,
 ) -> dict:
-    """Returns ``{"timings": {stage: s}, "classified": [...], "report": path, "headline": [...]}``."""
+    """Returns ``{"timings": {stage: s}, "classified": [...], "report": path, "headline": [...]}``.
+
+    ``model``, ``data`` (a :class:`~edgeprompt.core.data.Dataset`, with the ``data_args`` that rebuild it) and
+    ``profile_config`` default to the embedded SmolLM2, the tweets and ``ProfileConfig.quick()``; the tests
+    pass a tiny model and data."""
     from edgeprompt.core.bank import PromptBank
     from edgeprompt.core.data import load_tweets
     from edgeprompt.core.methods import get_method
@@ -61,20 +69,21 @@ def run_demo(
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     bank = PromptBank(work / bank_dir)
-    data = load_tweets()
+    if data is None:
+        data, data_args = load_tweets(), {"source": "tweets"}
     lm = None
     for name, method in DEMO_TASKS.items():
         have = name in bank.names()
         if have:
-            lm = lm or FrozenLM.load("default")
+            lm = lm or FrozenLM.load(model)
             if bank.task(name).base_model.fingerprint == lm.info.fingerprint and bank.task(name).method == method:
                 log(f"[1/4] reusing {name} ({method}) from {bank.root}")
                 continue
-        lm = lm or FrozenLM.load("default")
-        log(f"[1/4] training {name} ({method}) on {len(data.train)} tweets ...")
+        lm = lm or FrozenLM.load(model)
+        log(f"[1/4] training {name} ({method}) on {len(data.train)} {data.name} examples ...")
         spec = get_method(method)
         cfg = TrainConfig() if steps is None else TrainConfig(steps=steps, eval_every=max(steps // 2, 1))
-        _, summary = train_task(lm, data, {"source": "tweets"}, method, spec.config_cls(), cfg, bank, name, overwrite=True, progress=True)
+        _, summary = train_task(lm, data, data_args, method, spec.config_cls(), cfg, bank, name, overwrite=True, progress=True)
         if "reports" in summary:
             log(format_reports(data.spec, summary["reports"]))
     timings["train_s"] = time.perf_counter() - t0
@@ -88,7 +97,12 @@ def run_demo(
             continue
         log(f"[2/4] exporting {fmt} {quant} to {path} ...")
         export_bundle(
-            path, bank=bank.root, config=ExportConfig(format=fmt, quant=quant, tasks=list(DEMO_TASKS), **kw), overwrite=True, log=lambda s: log("      " + s)
+            path,
+            bank=bank.root,
+            model=model,
+            config=ExportConfig(format=fmt, quant=quant, tasks=list(DEMO_TASKS), **kw),
+            overwrite=True,
+            log=lambda s: log("      " + s),
         )
     timings["export_s"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -103,7 +117,7 @@ def run_demo(
     timings["classify_s"] = time.perf_counter() - t
     t = time.perf_counter()
     log(f"[4/4] profiling both bundles (--quick) into {work / out} ...")
-    res = profile_bundles(paths, work / out, ProfileConfig.quick(), force=True, log=lambda s: log("      " + s))
+    res = profile_bundles(paths, work / out, profile_config or ProfileConfig.quick(eval_n=100), force=True, log=lambda s: log("      " + s))
     timings["profile_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t0
     return {"timings": timings, "classified": classified, "report": str(work / out / "report.html"), "headline": res.get("headline", [])}

@@ -32,7 +32,7 @@ GENERIC_PROBES = (
 
 def make_probes(tasks: list[BankTask], n: int) -> list[Probe]:
     """``n`` probes per task from its test split (the data record in its manifest), and ``n`` plain."""
-    from edgeprompt.train.workflows import dataset_for_task
+    from edgeprompt.core.data import dataset_for_task
 
     out: list[Probe] = []
     for t in tasks:

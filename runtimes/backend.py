@@ -61,6 +61,9 @@ class Backend(Protocol):
     #: the file form in which this backend's precomputed prefixes ship (``--with-kv``) and are cached on disk
     prefix_form: TaskForm
     prefix_suffix: str  # file name ending of that form
+    #: whether starting a sequence from a prefix copies its bytes (llama.cpp writes the blob into its KV
+    #: cache) or only references them (ONNX passes the arrays as past key/values): the profiler's cost model
+    restore_copies: bool
 
     def sequence(self, prefix: Prefix | None = None) -> ContextManager[BackendSequence]: ...
 

@@ -33,14 +33,27 @@ TINY = dict(
 
 
 @pytest.fixture(scope="module")
-def profiled(bundle_of, tmp_path_factory):
-    """The tiny bank's GGUF f32 bundle with virtual tokens, and its ONNX fp32 bundle with shipped KV, profiled."""
+def profiled(bundle_of, tiny_tied_dir, tmp_path_factory):
+    """The tiny bank's GGUF f32 bundle with virtual tokens, and its ONNX fp32 bundle with shipped KV, profiled,
+    with --eval 5 and the training cost."""
     from edgeprompt.profile import ProfileConfig, profile_bundles
+    from edgeprompt.train.cost import step_costs
 
     out = tmp_path_factory.mktemp("profile") / "report"
     gguf, onnx = bundle_of("gguf", "f32", virtual_tokens=True), bundle_of("onnx", "fp32", with_kv=True)
-    res = profile_bundles([gguf, onnx], out, ProfileConfig(**TINY), log=lambda s: None)
+    cost = lambda: step_costs(str(tiny_tied_dir), ["prompt_tuning", "prefix_tuning"], [2, 4], steps=1, log=lambda s: None)  # noqa: E731
+    res = profile_bundles([gguf, onnx], out, ProfileConfig(**TINY, eval_n=5), log=lambda s: None, train_cost=cost)
     return out, res
+
+
+def test_training_cost_per_method_and_P(profiled, tiny_tied_dir):
+    _, res = profiled
+    rows = {(r["method"], r["P"]): r for r in res["training"]}
+    assert set(rows) == {(m, P) for m in ("prompt_tuning", "prefix_tuning") for P in (2, 4)}, res["training"]
+    d = 32  # the tiny model's hidden size
+    assert rows[("prompt_tuning", 4)]["trainable_params"] == 4 * d  # a prompt is P x d parameters
+    assert rows[("prefix_tuning", 4)]["trainable_params"] > rows[("prompt_tuning", 4)]["trainable_params"]  # + its MLP
+    assert all(r["step_s"] > 0 and r["peak_rss"] > 2**20 for r in rows.values())
 
 
 def test_every_arm_is_measured_or_says_why_not(profiled):
@@ -92,6 +105,10 @@ def test_sweeps_and_memory(profiled):
         bank = bp["bank_sweep"]
         assert {(r["method"], r["tasks"]) for r in bank} == {(m, n) for m in ("prompt_tuning", "prefix_tuning") for n in (1, 3)}
         assert all("error" not in r and 0 <= r["hit_rate"] <= 1 for r in bank), bank
+    for bp in res["bundles"]:  # --eval: the tasks' test examples through each runtime
+        for task in ("pt", "px"):
+            ev = bp["accuracy"][task]["eval"]
+            assert ev["n"] == 5 and 0 <= ev["accuracy"] <= 1 and 0 <= ev["macro_f1"] <= 1
     gguf = res["bundles"][0]
     assert gguf["memory"]["mapped"], "llama.cpp maps the GGUF: its mapping is found"
     assert gguf["engine_memory"]["kv_cache"] > 0 and gguf["engine_memory"]["n_params"] > 0
@@ -118,8 +135,19 @@ def test_report_leads_with_the_answer_and_holds_every_plot(profiled):
     html = (out / "report.html").read_text()
     assert "<script" not in html and "http://" not in html.replace("http://www.w3.org/2000/svg", "")  # offline, no CDN
     ids = set(re.findall(r'data-plot="([^"]+)"', html))
-    want = {"swap-vs-P", "bytes-vs-P", "ttft-breakdown", "token-latency", "kv-vs-context", "rss-vs-tasks", "projections", "projections-cold-swap"}
-    assert want <= ids and {f"{w}-1" for w in want - {"projections", "projections-cold-swap"}} <= ids  # per bundle
+    want = {
+        "swap-vs-P",
+        "bytes-vs-P",
+        "ttft-breakdown",
+        "token-latency",
+        "kv-vs-context",
+        "rss-vs-tasks",
+        "projections",
+        "projections-cold-swap",
+        "train-step-vs-P",
+    }
+    per_run = {"projections", "projections-cold-swap", "train-step-vs-P"}
+    assert want <= ids and {f"{w}-1" for w in want - per_run} <= ids  # per bundle
     assert "no data" not in html
 
 
@@ -182,6 +210,10 @@ def test_cost_model_recovers_the_parameters_it_was_built_from():
                 "tensors_file": fb * P // 20,
                 "prefix_cold": req(truth.cold_kv_s(fb * P // 20, pb * P // 20), truth.copy_s(pb * P // 20), truth.prefill_s(16), 16 + P),
                 "prefix_warm": req(0, truth.copy_s(pb * P // 20), truth.prefill_s(16), 16 + P),
+                "swap": {
+                    "warm_s": {"median": truth.copy_s(pb * P // 20)},
+                    "cold_s": {"median": truth.cold_kv_s(fb * P // 20, pb * P // 20) + truth.copy_s(pb * P // 20)},
+                },
             }
             for P in (5, 20, 100)
         ],
@@ -226,7 +258,7 @@ def test_interrupted_run_keeps_partial_results_saying_what_is_missing(bundle_of,
         profile_bundles([bundle_of("gguf", "f32")], out, ProfileConfig(**TINY), log=lambda s: None)
     res = json.loads((out / "results.json").read_text())
     assert res["complete"] is False and res["interrupted"] is True
-    assert {"bundles", "cost_model", "projections", "report"} <= set(res["missing"]) and "environment" not in res["missing"]
+    assert {"bundles", "training", "cost_model", "projections", "report"} <= set(res["missing"]) and "environment" not in res["missing"]
     assert res["bundles"][0]["arms"]["plain"][0]["decode_tok_s"] > 0  # what was measured is kept
     assert "Partial results" in (out / "report.md").read_text()
 
@@ -244,3 +276,38 @@ def test_calibrate_writes_a_profile_the_profiler_reads(bundle_of, tmp_path, env)
         bad.write_text("[1, 2]")
         devices.load(str(bad))
     assert Path(f).stat().st_size > 0
+
+
+def test_demo_runs_end_to_end_then_reuses_its_tasks_and_bundles(tiny_tied_dir, tmp_path):
+    """`edgeprompt demo`'s job on the tiny model: train both methods, export both bundles, classify, profile;
+    a second run trains and exports nothing."""
+    import csv
+
+    from edgeprompt.core.data import load_dataset
+    from edgeprompt.core.tasks import TaskSpec
+    from edgeprompt.demo import DEMO_TASKS, run_demo
+    from edgeprompt.profile import ProfileConfig
+
+    from .conftest import make_sentences
+
+    src = tmp_path / "data.csv"
+    with open(src, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        w.writerows(make_sentences(120))
+    spec = TaskSpec(template="Text: {text}\nLabel:", instruction="Label the text as negative, positive.\n", labels=["negative", "positive"])
+    args = {"source": str(src), "text_column": "text", "label_column": "label", "seed": 0, "dev": 10, "test": 20}
+    data = load_dataset(str(src), spec=spec, text_column="text", label_column="label", seed=0, dev=10, test=20)
+    cfg = lambda: ProfileConfig(**{**TINY, "tasks": [1], "threads": [1]})  # noqa: E731
+    lines: list[str] = []
+    r = run_demo(tmp_path, steps=2, log=lines.append, model=tiny_tied_dir, data=data, data_args=args, profile_config=cfg())
+    assert {c["task"] for c in r["classified"]} == set(DEMO_TASKS) and len(r["classified"]) == 8
+    assert (tmp_path / "edgeprompt-profile" / "report.html").exists() and r["headline"]
+    res = json.loads((tmp_path / "edgeprompt-profile" / "results.json").read_text())
+    assert [b["format"] for b in res["bundles"]] == ["gguf", "onnx"] and res["complete"]
+    assert "skipped" not in res["bundles"][0]["arms"]["virtual_tokens"][0]  # the demo's GGUF carries virtual tokens
+    lines.clear()
+    r2 = run_demo(tmp_path, steps=2, log=lines.append, model=tiny_tied_dir, data=data, data_args=args, profile_config=cfg())
+    said = "\n".join(lines)
+    assert said.count("reusing") == 4 and "training" not in said and "exporting" not in said
+    assert r2["timings"]["export_s"] < r["timings"]["export_s"]

@@ -190,3 +190,17 @@ def load_dataset(name_or_path: str, **kw) -> Dataset:
     if name_or_path in BUILTIN_TASKS:
         return load_tweets(seed=kw.get("seed", 0))
     return load_file(name_or_path, **kw)
+
+
+def dataset_for_task(task) -> Dataset:
+    """Rebuild the split a bank task was trained on, from its manifest's data record (torch-free: the
+    export's probes, ``edgeprompt eval`` and ``edgeprompt profile --eval`` read it)."""
+    from edgeprompt.core.constants import TaskKeys
+
+    rec = task.manifest.get(TaskKeys.DATA) or {}
+    args = dict(rec.get("load_args") or {})
+    source = args.pop("source", None)
+    if not source:
+        raise EdgePromptError(f"task {task.name!r} does not record its data; pass --data.")
+    args.pop("spec", None)
+    return load_dataset(source, spec=task.spec, **args)

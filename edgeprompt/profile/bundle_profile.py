@@ -190,9 +190,45 @@ class BundleProfiler:
             for a in arms:
                 r = self.arm(a, task, ids, self.cfg.decode_sweep)
                 rec[a] = {k: r[k] for k in ("prefix_s", "restore_s", "prefill_s", "ttft_s", "decode_tok_s")}
+            rec["swap"] = self.swaps(task)
             self.log(f"  P sweep: {rec['method']} P={P}")
             rows.append(rec)
         return rows
+
+    def swaps(self, task: str) -> dict:
+        """The swap alone, many times (it is milliseconds; a request's spread would hide it): warm = restoring
+        the cached prefix into a sequence; cold = making the prefix (a prefill, or the KV read into the
+        backend) and restoring it; from a file = a computed prefix read back (prompt tuning)."""
+        rt, be, cfg = self.rt, self.be, self.cfg
+        e = rt.store.get(task)
+        p = rt.prefix(task)
+
+        def restore():
+            with be.sequence(p):
+                pass
+
+        out = {"warm_s": repeat(restore, cfg.reps_swap, warmup=2)}
+        if e.method.prefix_kind == PrefixKind.EMBEDDINGS:
+            rows = e.method.prefix_array(rt.store.tensors(e))
+            make = lambda: rt.store.prefill(rows)  # noqa: E731
+            blob = be.prefix_to_bytes(p)
+            path = self.scratch / f"{task}-swap{be.prefix_suffix}"
+            path.write_bytes(blob)
+
+            def from_file():
+                with be.sequence(be.prefix_from_bytes(path.read_bytes(), e.num_virtual_tokens)):
+                    pass
+
+            out["file_s"] = repeat(from_file, cfg.reps_swap, warmup=2)
+        else:
+            make = lambda: rt.store.compute_prefix(e)  # noqa: E731
+
+        def cold():
+            with be.sequence(make()):
+                pass
+
+        out["cold_s"] = repeat(cold, max(cfg.reps_swap // 3, 3), warmup=1)
+        return out
 
     def text_sweep(self, warm: dict[str, str]) -> list[dict]:
         rows = []
@@ -251,8 +287,15 @@ def threads_sweep(path: Path, cfg, open_fn, log) -> list[dict]:
     return rows
 
 
-def accuracy(rt) -> dict:
-    """The bundle's parity record per task: the export's accuracy through torch and through this quant."""
+def accuracy(rt, eval_n: int = 0, log: Callable[[str], None] = lambda s: None) -> dict:
+    """Per task: the bundle's parity record (the export's accuracy through torch and through this quant) and,
+    with ``eval_n``, accuracy and macro-F1 of ``eval_n`` test examples classified by this runtime (the task's
+    data rebuilt from its manifest's record)."""
+    from edgeprompt.core.constants import TaskKind
+    from edgeprompt.core.data import dataset_for_task
+    from edgeprompt.core.errors import EdgePromptError
+    from edgeprompt.core.metrics import classification_report
+
     out = {}
     for task, r in rt.bundle.parity().items():
         out[task] = {
@@ -263,6 +306,25 @@ def accuracy(rt) -> dict:
             "top1_agreement": r.top1_agreement,
             "max_abs_logit_diff": r.max_abs_logit_diff,
         }
+    if eval_n > 0:
+        bank = rt.bundle.bank
+        for task in rt.bundle.tasks:
+            t = bank.task(task)
+            rec = out.setdefault(task, {"quant": rt.bundle.quant})
+            if t.spec.kind != TaskKind.CLASSIFICATION:
+                rec["eval"] = {"skipped": "a generation task: no labels to score"}
+                continue
+            try:
+                test = dataset_for_task(t).test[:eval_n]
+            except EdgePromptError as e:
+                rec["eval"] = {"skipped": str(e)}
+                continue
+            log(f"  eval: {len(test)} test examples of {task} through the runtime ...")
+            labels = t.spec.labels
+            gold = np.array([labels.index(ex.label) for ex in test])
+            pred = np.array([labels.index(rt.classify(task, ex.text, truncate=True).label) for ex in test])
+            rep = classification_report(gold, pred, labels)
+            rec["eval"] = {"n": len(test), "accuracy": rep.accuracy, "macro_f1": rep.macro_f1}
     return out
 
 

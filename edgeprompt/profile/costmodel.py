@@ -10,7 +10,8 @@ parameters, ``BW(t)`` the read bandwidth the profiler measured with ``t`` thread
 * prefill of ``n`` positions (text tokens or a prompt's rows): ``o + n 2N / G(t)``; the throughput ``G`` and
   the per-call overhead ``o`` are calibrated from the plain model at the shortest and longest text;
   ``G(t)`` scales with threads;
-* a restore (a warm swap) of a prefix of ``b`` bytes: ``o_r + b / BW``; a snapshot the same;
+* a restore (a warm swap) of a prefix of ``b`` bytes: ``o_r + b / BW`` where the backend copies it
+  (llama.cpp), ``o_r`` where it only references it (ONNX); a snapshot the same;
 * a cold prompt-tuning swap: the prefill of its ``P`` rows plus a snapshot;
 * a cold prefix-tuning swap: the file read at the storage bandwidth, its sha256, the float32 KV converted
   into the backend's form at a rate ``C``, and a restore;
@@ -56,11 +57,12 @@ def read_rate_bps(path: Path, limit: int = 256 * 2**20) -> float:
 
 
 class CostModel:
-    def __init__(self, W: float, k: float, N: float, bw: dict[int, float], threads_main: int, read_bps: float, hash_bps: float):
+    def __init__(self, W: float, k: float, N: float, bw: dict[int, float], threads_main: int, read_bps: float, hash_bps: float, restore_copies: bool = True):
         self.W, self.k, self.N = W, k, N
         self.bw = {int(t): v * 1e9 for t, v in bw.items()}  # bytes/s
         self.threads_main = threads_main
         self.read_bps, self.hash_bps = read_bps, hash_bps
+        self.restore_copies = restore_copies  # False: a restore or snapshot references the prefix (ONNX)
         self.o_d = 0.0  # fixed cost of a decoded token
         self.G = 1e10  # FLOP/s at threads_main
         self.o = 0.0
@@ -84,7 +86,7 @@ class CostModel:
         return self.o + n * 2 * self.N / (self.G * t / self.threads_main)
 
     def copy_s(self, nbytes: float) -> float:
-        return self.o_r + nbytes / self.BW(self.threads_main)
+        return self.o_r + (nbytes / self.BW(self.threads_main) if self.restore_copies else 0.0)
 
     def cold_prompt_s(self, P: int, prefix_bytes: float) -> float:
         return self.prefill_s(P) + self.copy_s(prefix_bytes)
@@ -99,7 +101,7 @@ class CostModel:
         """``o_r`` from a warm swap ``(prefix bytes, s)``; ``C`` from a cold KV swap ``(file bytes, prefix bytes, s)``."""
         if warm:
             b, s = warm
-            self.o_r = max(s - b / self.BW(self.threads_main), 0.0)
+            self.o_r = max(s - (b / self.BW(self.threads_main) if self.restore_copies else 0.0), 0.0)
             self.calibration["restore_overhead_s"] = self.o_r
             self.calibration.setdefault("from", {})["warm_swap"] = list(warm)
         if cold_kv:
@@ -139,6 +141,7 @@ class CostModel:
             "n_params": self.N,
             "bandwidth_gbs": {t: v / 1e9 for t, v in self.bw.items()},
             "threads_main": self.threads_main,
+            "restore_copies": self.restore_copies,
             "read_bps": self.read_bps,
             "hash_bps": self.hash_bps,
             **self.calibration,
@@ -190,24 +193,26 @@ def check(model: CostModel, bp: dict, bank: list[dict] | None) -> list[dict]:
     for row in bp.get("p_sweep", []):
         P, pb, fb = row["P"], row["prefix_resident"], row["tensors_file"]
         main = P == P_main
+        sw = row.get("swap", {})
         if "prompt_cold" in row:
-            add("cold_swap_s", f"prompt tuning P={P}, prefill", row["prompt_cold"]["prefix_s"]["median"], model.cold_prompt_s(P, pb))
+            add("cold_swap_s", f"prompt tuning P={P}, prefill", _med_of(sw, "cold_s"), model.cold_prompt_s(P, pb) + model.copy_s(pb))
+            add("cold_swap_s", f"prompt tuning P={P}, prefix file", _med_of(sw, "file_s"), pb / model.read_bps + 2 * model.copy_s(pb))
             add(
                 "ttft_s",
                 f"prompt tuning P={P}, cold",
                 row["prompt_cold"]["ttft_s"]["median"],
                 model.cold_prompt_s(P, pb) + model.copy_s(pb) + model.prefill_s(bp["text_main"]),
             )
-            add("warm_swap_s", f"prompt tuning P={P}", row["prompt_warm"]["restore_s"]["median"], model.copy_s(pb), calibration=main)
+            add("warm_swap_s", f"prompt tuning P={P}", _med_of(sw, "warm_s"), model.copy_s(pb), calibration=main)
         if "prefix_cold" in row:
-            add("cold_swap_s", f"prefix tuning P={P}, KV read", row["prefix_cold"]["prefix_s"]["median"], model.cold_kv_s(fb, pb), calibration=main)
+            add("cold_swap_s", f"prefix tuning P={P}, KV read", _med_of(sw, "cold_s"), model.cold_kv_s(fb, pb) + model.copy_s(pb), calibration=main)
             add(
                 "ttft_s",
                 f"prefix tuning P={P}, cold",
                 row["prefix_cold"]["ttft_s"]["median"],
                 model.cold_kv_s(fb, pb) + model.copy_s(pb) + model.prefill_s(bp["text_main"]),
             )
-            add("warm_swap_s", f"prefix tuning P={P}", row["prefix_warm"]["restore_s"]["median"], model.copy_s(pb))
+            add("warm_swap_s", f"prefix tuning P={P}", _med_of(sw, "warm_s"), model.copy_s(pb))
     for row in bp.get("threads_sweep", []):
         t = row["threads"]
         add(
@@ -230,6 +235,11 @@ def check(model: CostModel, bp: dict, bank: list[dict] | None) -> list[dict]:
         pred = base["rss_end"] - base["cache_bytes"] + min(r["tasks"] * r["prefix_bytes"], budget if budget else r["tasks"] * r["prefix_bytes"])
         add("rss_bytes", f"{r['method']}, {r['tasks']} tasks", r["rss_end"], pred, calibration=(r is base))
     return rows
+
+
+def _med_of(d: dict, key: str) -> float | None:
+    v = (d or {}).get(key)
+    return v.get("median") if isinstance(v, dict) else None
 
 
 def error_summary(rows: list[dict]) -> dict:
@@ -271,7 +281,7 @@ def project(model: CostModel, device: dict, facts: dict) -> dict:
     B = bw * 1e9
     slow = model.G / (G * 1e9) if G else 1.0  # how much longer a fixed CPU cost takes there
     W, k, N, P, n = facts["W"], facts["k"], facts["N"], facts["P"], facts["text"]
-    restore = lambda b: model.o_r * slow + b / B  # noqa: E731
+    restore = lambda b: model.o_r * slow + (b / B if model.restore_copies else 0.0)  # noqa: E731
     out["decode_tok_s"] = 1.0 / (model.o_d * slow + (W + k * (P + n)) / B)
     out["warm_swap_s"] = {"prompt_tuning": restore(facts["prompt_prefix_bytes"]), "prefix_tuning": restore(facts["kv_prefix_bytes"])}
     if G is not None:

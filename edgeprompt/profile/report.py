@@ -64,9 +64,10 @@ def headline(res: dict) -> list[str]:
             )
             if pc and xc:
                 lines.append(
-                    f"[{tag}] Cold swap at P={P}: prompt tuning prefills its rows, {_ms(pe['prompt_cold']['prefix_s']['median'])} ms; "
-                    f"prefix tuning reads its KV, {_ms(kv['prefix_cold']['prefix_s']['median'])} ms: prefix tuning needs no prefill "
-                    f"(prompt tuning from a prefix file: {_ms(pe['prompt_disk']['prefix_s']['median'])} ms). [plot: swap-vs-P]"
+                    f"[{tag}] Cold swap at P={P}: prompt tuning prefills its rows, {_ms(_med(pe['swap'], 'cold_s'))} ms; "
+                    f"prefix tuning reads its KV, {_ms(_med(kv['swap'], 'cold_s'))} ms: prefix tuning needs no prefill "
+                    f"(prompt tuning from a prefix file: {_ms(_med(pe['swap'], 'file_s'))} ms; warm, both restore a cached prefix: "
+                    f"{_ms(_med(pe['swap'], 'warm_s'))} vs {_ms(_med(kv['swap'], 'warm_s'))} ms). [plot: swap-vs-P]"
                 )
         if pw and xw:
             lines.append(
@@ -122,14 +123,14 @@ def plots(res: dict) -> dict[str, str]:
         sfx = f"-{i}" if i else ""
         ps = bp.get("p_sweep", [])
         series = {}
-        for kind, arm, label in (
-            ("embeddings", "prompt_cold", "prompt tuning, cold (prefill)"),
-            ("embeddings", "prompt_disk", "prompt tuning, cold (prefix file)"),
-            ("embeddings", "prompt_warm", "prompt tuning, warm"),
-            ("kv", "prefix_cold", "prefix tuning, cold (KV read)"),
-            ("kv", "prefix_warm", "prefix tuning, warm"),
+        for kind, key, label in (
+            ("embeddings", "cold_s", "prompt tuning, cold (prefill)"),
+            ("embeddings", "file_s", "prompt tuning, cold (prefix file)"),
+            ("embeddings", "warm_s", "prompt tuning, warm"),
+            ("kv", "cold_s", "prefix tuning, cold (KV read)"),
+            ("kv", "warm_s", "prefix tuning, warm"),
         ):
-            pts = [(r["P"], 1e3 * ((r[arm]["prefix_s"]["median"] or 0) + (r[arm]["restore_s"]["median"] or 0))) for r in ps if r["kind"] == kind and arm in r]
+            pts = [(r["P"], 1e3 * _med(r["swap"], key)) for r in ps if r["kind"] == kind and _med(r.get("swap"), key)]
             if pts:
                 series[label] = pts
         out[f"swap-vs-P{sfx}"] = svg.line_chart(
@@ -175,6 +176,10 @@ def plots(res: dict) -> dict[str, str]:
             series[m] = [(r["tasks"], r["rss_end"] / 2**20) for r in bank if r["method"] == m]
             series[f"{m}, at open"] = [(r["tasks"], r["rss_open"] / 2**20) for r in bank if r["method"] == m]
         out[f"rss-vs-tasks{sfx}"] = svg.line_chart(f"rss-vs-tasks{sfx}", series, "tasks in the bundle", "RSS, MiB", logx=True, title=f"RSS vs tasks ({tag})")
+    tr = [r for r in res.get("training") or [] if "error" not in r]
+    if tr:
+        series = {m: [(r["P"], 1e3 * r["step_s"]) for r in tr if r["method"] == m] for m in sorted({r["method"] for r in tr})}
+        out["train-step-vs-P"] = svg.line_chart("train-step-vs-P", series, "P", "ms per training step", logx=True, title="Training step time vs P")
     proj = res.get("projections", [])
     bars = {f"{p['device']} / {p['bundle']}": {"decode tok/s": p["decode_tok_s"]} for p in proj if p.get("decode_tok_s")}
     out["projections"] = svg.bar_chart("projections", bars, "tokens/s (projected)", title="Projected decode speed per device")
@@ -259,9 +264,9 @@ def markdown(res: dict, plot_names: list[str] | None = None) -> str:
                 r["P"],
                 _kib(r["tensors_file"]),
                 _kib(r["prefix_resident"]),
-                _ms(r.get("prompt_cold", r.get("prefix_cold", {})).get("prefix_s", {}).get("median")),
-                _ms(r["prompt_disk"]["prefix_s"]["median"]) if "prompt_disk" in r else "-",
-                _ms(r.get("prompt_warm", r.get("prefix_warm", {})).get("restore_s", {}).get("median")),
+                _ms(_med(r.get("swap"), "cold_s")),
+                _ms(_med(r.get("swap"), "file_s")) if "file_s" in r.get("swap", {}) else "-",
+                _ms(_med(r.get("swap"), "warm_s")),
                 _ms(r.get("prompt_warm", r.get("prefix_warm", {})).get("ttft_s", {}).get("median")),
             ]
             for r in bp.get("p_sweep", [])
@@ -333,13 +338,16 @@ def markdown(res: dict, plot_names: list[str] | None = None) -> str:
         ]
         acc = bp.get("accuracy", {})
         if acc:
-            rows = [
-                [t or "(plain)", a["quant"], a["probes"], a["accuracy_reference"], a["accuracy_export"], f"{a['top1_agreement']:.2f}"] for t, a in acc.items()
-            ]
+            rows = []
+            for t, a in acc.items():
+                ev = a.get("eval") or {}
+                evs = ev.get("skipped") or (f"{ev['accuracy']:.3f} / {ev['macro_f1']:.3f} (n={ev['n']})" if ev else "-")
+                top1 = f"{a['top1_agreement']:.2f}" if "top1_agreement" in a else "-"
+                rows.append([t or "(plain)", a["quant"], a.get("probes", "-"), a.get("accuracy_reference"), a.get("accuracy_export"), top1, evs])
             md += [
-                "### Accuracy (the bundle's parity record)",
+                "### Accuracy (the bundle's parity record; with --eval N, N test examples through this runtime)",
                 "",
-                _table(["task", "quant", "probes", "accuracy torch fp32", "accuracy this quant", "top-1 agreement"], rows),
+                _table(["task", "quant", "probes", "accuracy torch fp32", "accuracy this quant", "top-1 agreement", "--eval accuracy / macro-F1"], rows),
                 "",
             ]
         cm = bp.get("cost_model", {})
@@ -381,6 +389,20 @@ def markdown(res: dict, plot_names: list[str] | None = None) -> str:
                 "</details>",
                 "",
             ]
+    tr = res.get("training") or []
+    if tr:
+        rows = [
+            [r["method"], r["P"], "failed: " + r["error"], "", ""]
+            if "error" in r
+            else [r["method"], r["P"], _ms(r["step_s"]), _mib(r["peak_rss"]), f"{r['trainable_params']:,}"]
+            for r in tr
+        ]
+        md += [
+            "## Training cost (measured: a child process per row, batch 8 x 64 tokens, the method's default config)",
+            "",
+            _table(["method", "P", "step ms (median)", "peak RSS MiB", "trainable parameters"], rows),
+            "",
+        ]
     if res.get("published_checks"):
         md += [
             "## The cost model against published device figures",

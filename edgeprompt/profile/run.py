@@ -43,16 +43,20 @@ class ProfileConfig:
     decode_sweep: int = 8
     reps: int = 5
     reps_open: int = 3
+    reps_swap: int = 30  # swaps alone (milliseconds each)
     warmup: int = 1
     global_warmup: int = 3  # plain requests before the first arm, excluded
     cache_mb: float = 64.0
     n_ctx: int = 2048
     concurrent: int = 3
+    eval_n: int = 0  # test examples per task classified through the runtime (--eval N)
     devices: list[str] = field(default_factory=devices.builtin_names)
 
     @classmethod
     def quick(cls, **kw) -> "ProfileConfig":
-        base = dict(threads=[0], P=[5, 20, 100], text_lengths=[16, 128], tasks=[1, 100], bank_requests=40, decode=16, decode_sweep=4, reps=3, reps_open=1)
+        base = dict(
+            threads=[0], P=[5, 20, 100], text_lengths=[16, 128], tasks=[1, 100], bank_requests=40, decode=16, decode_sweep=4, reps=3, reps_open=1, reps_swap=15
+        )
         base.update(kw)
         return cls(**base)
 
@@ -71,7 +75,7 @@ class ProfileConfig:
         return self
 
 
-STAGES = ("environment", "bandwidth", "bundles", "cost_model", "projections", "report")
+STAGES = ("environment", "bandwidth", "bundles", "training", "cost_model", "projections", "report")
 
 
 def _open(path: Path, threads: int, cfg: ProfileConfig):
@@ -87,8 +91,12 @@ def profile_bundles(
     force: bool = False,
     device_files: list[str] = (),
     log: Callable[[str], None] = print,
+    train_cost: Callable[[], list[dict]] | None = None,
 ) -> dict:
-    """Profile each bundle on its own backend, write ``out/{results.json,report.md,report.html}``; the results."""
+    """Profile each bundle on its own backend, write ``out/{results.json,report.md,report.html}``; the results.
+
+    ``train_cost``: a callable (from the train layer, which this torch-free package does not import) that
+    measures training step time and peak RSS per method and P; its rows go to ``results["training"]``."""
     cfg = (config or ProfileConfig()).resolve()
     out = Path(out)
     if out.exists() and any(out.iterdir()):
@@ -133,6 +141,10 @@ def profile_bundles(
                 bp["error"] = str(e)
                 log(f"  failed: {e}")
         done("bundles")
+        if train_cost is not None:
+            log("training cost (needs the train extra) ...")
+            res["training"] = train_cost()
+        done("training")
         pubs, models = None, {}
         for i, bp in enumerate(res["bundles"]):
             if "arms" in bp and "error" not in bp:
@@ -174,6 +186,7 @@ def _profile_one(path: Path, cfg: ProfileConfig, scratch: Path, bp: dict, log, s
             model=info.to_dict(),
             model_bytes=mem.get("weights"),
             engine_memory=mem,
+            restore_copies=rt.backend.restore_copies,
             P_main=cfg.P_main,
             text_main=cfg.text_main,
             decode_tokens=cfg.decode,
@@ -199,7 +212,7 @@ def _profile_one(path: Path, cfg: ProfileConfig, scratch: Path, bp: dict, log, s
             for arm, task in warm.items():
                 row[f"{arm}_prefix_bytes"] = rt.prefix(task).nbytes
         bp["kv_growth"] = prof.kv_growth(cfg.P_main)
-        bp["accuracy"] = accuracy(rt)
+        bp["accuracy"] = accuracy(rt, cfg.eval_n, log)
         save()
     finally:
         rt.close()
@@ -241,7 +254,7 @@ def _bank_sweep(path: Path, cfg: ProfileConfig, scratch: Path, log, save, bp: di
                     "threads": cfg.threads_main,
                     "cache_mb": cfg.cache_mb,
                     "n_ctx": cfg.n_ctx,
-                    "requests": cfg.bank_requests,
+                    "requests": max(cfg.bank_requests, min(2 * n, 300)),  # twice round the bank where it fits: hits show
                     "text": "so tired of this rain",
                 },
             )
@@ -297,7 +310,14 @@ def _cost_model(bp: dict, res: dict, cfg: ProfileConfig) -> costmodel.CostModel:
     k = kv[-1]["bytes_per_position"] if kv else eng.get("kv_bytes_per_position", 0)
     N = eng.get("n_params") or _params_estimate(bp)
     m = costmodel.CostModel(
-        W, k, N, res["bandwidth_gbs"], cfg.threads_main, costmodel.read_rate_bps(Path(bp["path"]) / "tokenizer.json"), costmodel.hash_rate_bps()
+        W,
+        k,
+        N,
+        res["bandwidth_gbs"],
+        cfg.threads_main,
+        costmodel.read_rate_bps(Path(bp["path"]) / "tokenizer.json"),
+        costmodel.hash_rate_bps(),
+        restore_copies=bp.get("restore_copies", True),
     )
     plain = bp["arms"]["plain"][0]
     ts = sorted(bp["text_sweep"], key=lambda r: r["text_tokens"])
@@ -308,8 +328,8 @@ def _cost_model(bp: dict, res: dict, cfg: ProfileConfig) -> costmodel.CostModel:
     ps = {(r["kind"], r["P"]): r for r in bp.get("p_sweep", [])}
     pe, kvr = ps.get(("embeddings", cfg.P_main)), ps.get(("kv", cfg.P_main))
     m.calibrate_swaps(
-        (pe["prefix_resident"], pe["prompt_warm"]["restore_s"]["median"]) if pe else None,
-        (kvr["tensors_file"], kvr["prefix_resident"], kvr["prefix_cold"]["prefix_s"]["median"]) if kvr else None,
+        (pe["prefix_resident"], pe["swap"]["warm_s"]["median"]) if pe else None,
+        (kvr["tensors_file"], kvr["prefix_resident"], kvr["swap"]["cold_s"]["median"] - kvr["swap"]["warm_s"]["median"]) if kvr else None,
     )
     checks = costmodel.check(m, bp, bp.get("bank_sweep"))
     bp["cost_model"] = {"model": m.to_dict(), "checks": checks, "errors": costmodel.error_summary(checks)}

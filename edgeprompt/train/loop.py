@@ -170,6 +170,74 @@ def _load_checkpoint(path: Path, module, opt, meta: dict):
     return state["step"], best, loop
 
 
+def _make_module(lm: FrozenLM, data: Dataset, spec_m, method_config: Any, config: TrainConfig):
+    """The method's trainable module, started from the task's text (see each method's ``model.py``)."""
+    torch.manual_seed(config.seed)
+    label_text = "".join(data.spec.verbalizers.values()) if data.spec.kind == TaskKind.CLASSIFICATION else ""
+    init = getattr(method_config, "init", None)
+    if getattr(init, "value", None) == "text" and not (method_config.init_text or data.spec.instruction).strip():
+        # No text to start from (e.g. a generation task without an instruction): the task's own
+        # first training inputs stand in for it, as real text beats random vectors.
+        method_config.init_text = data.train[0].text
+    return spec_m.trainer().module_cls(method_config, lm, init_text=data.spec.instruction, label_text=label_text, seed=config.seed)
+
+
+class _Run:
+    """One training run's state: the module, its optimizer, the best-on-dev weights and the loop record
+    (``loop``: best step and score, history, loss EMA, wall time), saved together in a checkpoint."""
+
+    def __init__(self, lm: FrozenLM, data: Dataset, module, config: TrainConfig, lr: float):
+        self.lm, self.data, self.module, self.config = lm, data, module, config
+        self.groups = module.param_groups(lr)
+        self.params = [p for g in self.groups for p in g["params"]]
+        self.opt = torch.optim.AdamW(self.groups, lr=lr, weight_decay=config.weight_decay)
+        self.enc = Encoder(lm, data.spec, config.max_length)
+        self._encoded: dict[int, Any] = {}  # encoded lazily: a run touches steps*batch_size examples, not all
+        self.dev = data.dev[: config.eval_examples]
+        self.step = 0
+        self.loop: dict[str, Any] = {"best_step": -1, "best_score": None, "best_dev": {}, "history": [], "loss_ema": None, "wall_s": 0.0}
+        self.best = self._weights()
+
+    def _weights(self) -> dict:
+        return {k: v.detach().clone() for k, v in self.module.state_dict().items()}
+
+    def encoded(self, i: int):
+        if i not in self._encoded:
+            self._encoded[i] = self.enc.example(self.data.train[i])
+        return self._encoded[i]
+
+    def train_step(self) -> None:
+        """One optimizer step on the step's batch (the batch depends on the seed and step only)."""
+        cfg, lm = self.config, self.lm
+        idx = batch_indices(len(self.data.train), cfg.batch_size, cfg.seed, self.step)
+        batch = collate([self.encoded(i) for i in idx], lm.pad_token_id)
+        for g in self.opt.param_groups:
+            g["lr"] = cfg.lr_at(self.step, g["base_lr"])
+        loss = loss_on_batch(lm, self.module, batch)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+        self.opt.step()
+        self.step += 1
+        ema = self.loop["loss_ema"]
+        self.loop["loss_ema"] = loss.item() if ema is None else 0.9 * ema + 0.1 * loss.item()
+
+    def evaluate_dev(self) -> None:
+        """Score the dev split; keep these weights if they are the best so far."""
+        history = self.loop["history"]
+        history.append({"step": self.step})
+        if not self.dev:
+            return
+        with torch.no_grad():
+            report = evaluate(self.lm, self.module.kv(self.lm), self.data.spec, self.dev, self.config.max_length)
+        history[-1]["dev"] = report_dict(report)
+        score = dev_score(report)  # unrounded: ties and tiny NLL changes compare exactly
+        if self.loop["best_score"] is None or score > self.loop["best_score"]:
+            self.best = self._weights()
+            self.loop.update(best_step=self.step, best_score=score, best_dev=history[-1]["dev"])
+
+
 def train(
     lm: FrozenLM,
     data: Dataset,
@@ -184,27 +252,9 @@ def train(
     spec_m = get_method(method)
     if not data.train:
         raise EdgePromptError(f"dataset {data.name!r} has no training examples.")
-    torch.manual_seed(config.seed)
-    label_text = "".join(data.spec.verbalizers.values()) if data.spec.kind == TaskKind.CLASSIFICATION else ""
-    init = getattr(method_config, "init", None)
-    if getattr(init, "value", None) == "text" and not (method_config.init_text or data.spec.instruction).strip():
-        # No text to start from (e.g. a generation task without an instruction): the task's own
-        # first training inputs stand in for it, as real text beats random vectors.
-        method_config.init_text = data.train[0].text
-    module = spec_m.trainer().module_cls(method_config, lm, init_text=data.spec.instruction, label_text=label_text, seed=config.seed)
+    module = _make_module(lm, data, spec_m, method_config, config)
     lr = config.lr if config.lr is not None else method_config.default_lr()
-    groups = module.param_groups(lr)
-    params = [p for g in groups for p in g["params"]]
-    opt = torch.optim.AdamW(groups, lr=lr, weight_decay=config.weight_decay)
-    enc = Encoder(lm, data.spec, config.max_length)
-    train_enc: dict[int, Any] = {}  # encoded lazily: a run touches steps*batch_size examples, not all
-
-    def encoded(i: int):
-        if i not in train_enc:
-            train_enc[i] = enc.example(data.train[i])
-        return train_enc[i]
-
-    dev = data.dev[: config.eval_examples]
+    run = _Run(lm, data, module, config, lr)
     meta = {
         "method": spec_m.name,
         "method_config": method_config.to_dict(),
@@ -213,58 +263,40 @@ def train(
         "fingerprint": lm.info.fingerprint,
     }
     ckpt = Path(checkpoint_dir) if checkpoint_dir else None
-    step = 0
-    loop: dict[str, Any] = {"best_step": -1, "best_score": None, "best_dev": {}, "history": [], "loss_ema": None, "wall_s": 0.0}
-    best = {k: v.detach().clone() for k, v in module.state_dict().items()}
     if resume:
         if ckpt is not None:
             recover_directory(ckpt)
         if ckpt is None or not (ckpt / "state.json").exists():
             raise EdgePromptError(f"--resume: no checkpoint in {ckpt}; start without --resume.")
-        step, best, loop = _load_checkpoint(ckpt, module, opt, meta)
-    history = loop["history"]
+        run.step, run.best, run.loop = _load_checkpoint(ckpt, module, run.opt, meta)
+    _run_steps(run, spec_m.name, ckpt, meta, progress)
+    loop = run.loop
+    if loop["best_step"] >= 0:  # without dev data the final state is the result
+        module.load_state_dict(run.best)
+    module.eval()
+    return TrainResult(module, loop["best_step"], loop["best_dev"], loop["history"], wall_time_s=loop["wall_s"], steps=run.step, lr=lr)
 
-    def evaluate_dev(at: int) -> None:
-        nonlocal best
-        history.append({"step": at})
-        if not dev:
-            return
-        with torch.no_grad():
-            report = evaluate(lm, module.kv(lm), data.spec, dev, config.max_length)
-        history[-1]["dev"] = report_dict(report)
-        score = dev_score(report)  # unrounded: ties and tiny NLL changes compare exactly
-        if loop["best_score"] is None or score > loop["best_score"]:
-            best = {k: v.detach().clone() for k, v in module.state_dict().items()}
-            loop.update(best_step=at, best_score=score, best_dev=history[-1]["dev"])
 
+def _run_steps(run: _Run, name: str, ckpt: Path | None, meta: dict, progress: bool) -> None:
+    """Steps until ``config.steps``: dev evaluations, the progress bar, checkpoints, Ctrl-C."""
+    config, loop = run.config, run.loop
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=config.steps, initial=step, desc=f"train {spec_m.name}", unit="step", dynamic_ncols=True)
+        bar = tqdm(total=config.steps, initial=run.step, desc=f"train {name}", unit="step", dynamic_ncols=True)
     t0, wall_before = time.perf_counter(), loop["wall_s"]
-    module.train()
+    run.module.train()
     try:
         with _SigintFlag() as sigint:
-            while step < config.steps:
-                idx = batch_indices(len(data.train), config.batch_size, config.seed, step)
-                batch = collate([encoded(i) for i in idx], lm.pad_token_id)
-                for g in opt.param_groups:
-                    g["lr"] = config.lr_at(step, g["base_lr"])
-                loss = loss_on_batch(lm, module, batch)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if config.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-                opt.step()
-                step += 1
-                ema = loop["loss_ema"]
-                loop["loss_ema"] = loss.item() if ema is None else 0.9 * ema + 0.1 * loss.item()
+            while run.step < config.steps:
+                run.train_step()
+                step = run.step
                 loop["wall_s"] = wall_before + time.perf_counter() - t0
                 if step % config.eval_every == 0 or step == config.steps:
-                    evaluate_dev(step)
+                    run.evaluate_dev()
                     loop["wall_s"] = wall_before + time.perf_counter() - t0
-                    history[-1].update(loss=round(loop["loss_ema"], 4), wall_s=round(loop["wall_s"], 1))
+                    loop["history"][-1].update(loss=round(loop["loss_ema"], 4), wall_s=round(loop["wall_s"], 1))
                 if bar is not None:
                     post = {"loss": f"{loop['loss_ema']:.3f}"}
                     if loop["best_score"] is not None:
@@ -272,14 +304,9 @@ def train(
                     bar.set_postfix(post)
                     bar.update(1)
                 if ckpt is not None and (step % config.checkpoint_every == 0 or sigint.hit or step == config.steps):
-                    _save_checkpoint(ckpt, step, module, opt, best, loop, meta)
+                    _save_checkpoint(ckpt, step, run.module, run.opt, run.best, loop, meta)
                 if sigint.hit and step < config.steps:
                     raise TrainingInterrupted(step, ckpt) if ckpt else KeyboardInterrupt()
     finally:
         if bar is not None:
             bar.close()
-    best_step, best_dev = loop["best_step"], loop["best_dev"]
-    if best_step >= 0:  # without dev data the final state is the result
-        module.load_state_dict(best)
-    module.eval()
-    return TrainResult(module, best_step, best_dev, history, wall_time_s=loop["wall_s"], steps=step, lr=lr)

@@ -11,7 +11,7 @@ import torch
 
 from edgeprompt.core.bank import BankTask, PromptBank, check_task_name
 from edgeprompt.core.constants import TaskKeys, TaskKind
-from edgeprompt.core.data import Dataset, Example, load_dataset
+from edgeprompt.core.data import Dataset, Example
 from edgeprompt.core.errors import EdgePromptError
 from edgeprompt.core.files import recover_directory
 from edgeprompt.core.methods import get_method
@@ -26,17 +26,6 @@ CHECKPOINTS_DIR = ".checkpoints"
 
 def data_record(data: Dataset, load_args: dict[str, Any]) -> dict:
     return {**data.describe(), "load_args": load_args}
-
-
-def dataset_for_task(task: BankTask) -> Dataset:
-    """Rebuild the split a task was trained on, from its manifest's data record."""
-    rec = task.manifest.get(TaskKeys.DATA) or {}
-    args = dict(rec.get("load_args") or {})
-    source = args.pop("source", None)
-    if not source:
-        raise EdgePromptError(f"task {task.name!r} does not record its data; pass --data.")
-    args.pop("spec", None)
-    return load_dataset(source, spec=task.spec, **args)
 
 
 def train_task(

@@ -134,54 +134,28 @@ def _build_tokenizer_kv(tokenizer, n_vocab: int) -> list[tuple]:
     return kv
 
 
-def write_gguf(
-    model, tokenizer, out_path, *, file_type: str = "f32", extra_embeddings: np.ndarray | None = None, extra_token_names: list[str] | None = None
-) -> dict:
-    """Write ``model`` (LlamaForCausalLM) + ``tokenizer`` (fast byte-level BPE) to ``out_path``.
+def _vocab_kv(tokenizer, n_vocab: int, extra_names: list[str]) -> dict[str, list]:
+    """The tokenizer's GGUF keys ``{key: [value, value type, sub type]}``, virtual tokens appended."""
+    tok_kv = {k: [v, vt, st] for k, v, vt, st in _build_tokenizer_kv(tokenizer, n_vocab)}
+    tokens = tok_kv["tokenizer.ggml.tokens"]
+    if len(tokens[0]) != n_vocab:
+        raise ValueError(f"tokenizer has {len(tokens[0])} tokens, model embedding has {n_vocab} rows")
+    if extra_names:
+        existing = set(tokens[0])
+        clash = [n for n in extra_names if n in existing]
+        if clash:
+            raise ValueError(f"virtual token names already in vocab: {clash}")
+        tokens[0] = list(tokens[0]) + list(extra_names)
+        types = tok_kv["tokenizer.ggml.token_type"]
+        types[0] = list(types[0]) + [int(gguf.TokenType.USER_DEFINED)] * len(extra_names)
+    return tok_kv
 
-    file_type: "f32" or "f16" (f16 applies to 2-D matrices; norms stay f32).
-    extra_embeddings / extra_token_names: virtual tokens appended after the vocab.
-    Returns {"tensor_types": {type: count}, "vocab_size": int, "virtual_token_ids": [...],
-             "untied_output_for_virtual_tokens": bool}.
-    """
-    if file_type not in ("f32", "f16"):
-        raise ValueError("file_type must be 'f32' or 'f16'")
-    cfg = model.config  # its architecture was checked by export.formats.check_supported before loading
 
+def _add_hparams(w, cfg, file_type: str, total_vocab: int) -> None:
+    """llama's architecture keys, from the transformers config."""
     d, n_head = cfg.hidden_size, cfg.num_attention_heads
     n_kv = getattr(cfg, "num_key_value_heads", None) or n_head
     head_dim = getattr(cfg, "head_dim", None) or d // n_head
-    sd = {k: v.detach().to("cpu").float().numpy() for k, v in model.state_dict().items()}
-    embd = sd["model.embed_tokens.weight"]
-    n_vocab = embd.shape[0]
-    tied = bool(getattr(cfg, "tie_word_embeddings", False)) or "lm_head.weight" not in sd
-
-    n_extra = 0
-    if extra_embeddings is not None:
-        extra_embeddings = np.asarray(extra_embeddings, dtype=np.float32)
-        if extra_embeddings.ndim != 2 or extra_embeddings.shape[1] != d:
-            raise ValueError(f"extra_embeddings must be [V_extra, {d}], got {extra_embeddings.shape}")
-        n_extra = extra_embeddings.shape[0]
-        if extra_token_names is None:
-            extra_token_names = [f"<|virtual_{i}|>" for i in range(n_extra)]
-        if len(extra_token_names) != n_extra:
-            raise ValueError("extra_token_names must have one name per extra embedding row")
-    total_vocab = n_vocab + n_extra
-
-    # --- tokenizer keys
-    tok_kv = _build_tokenizer_kv(tokenizer, n_vocab)
-    tok_kv = {k: [v, vt, st] for k, v, vt, st in tok_kv}
-    if len(tok_kv["tokenizer.ggml.tokens"][0]) != n_vocab:
-        raise ValueError(f"tokenizer has {len(tok_kv['tokenizer.ggml.tokens'][0])} tokens, model embedding has {n_vocab} rows")
-    if n_extra:
-        existing = set(tok_kv["tokenizer.ggml.tokens"][0])
-        clash = [n for n in extra_token_names if n in existing]
-        if clash:
-            raise ValueError(f"virtual token names already in vocab: {clash}")
-        tok_kv["tokenizer.ggml.tokens"][0] = list(tok_kv["tokenizer.ggml.tokens"][0]) + list(extra_token_names)
-        tok_kv["tokenizer.ggml.token_type"][0] = list(tok_kv["tokenizer.ggml.token_type"][0]) + [int(gguf.TokenType.USER_DEFINED)] * n_extra
-
-    w = gguf.GGUFWriter(str(out_path), "llama")
     w.add_name(str(getattr(cfg, "_name_or_path", "") or getattr(cfg, "name", "") or "model"))
     w.add_file_type(gguf.LlamaFileType.ALL_F32 if file_type == "f32" else gguf.LlamaFileType.MOSTLY_F16)
     w.add_context_length(int(cfg.max_position_embeddings))
@@ -197,37 +171,69 @@ def write_gguf(
     if head_dim != d // n_head:
         w.add_key_length(head_dim)
         w.add_value_length(head_dim)
-    for k, (v, vt, st) in tok_kv.items():
+
+
+def _tensors(sd: dict[str, np.ndarray], cfg, tied: bool, extra: np.ndarray | None):
+    """``(gguf name, float32 array)`` of every tensor: embeddings (+ virtual rows), the output head (its rows
+    for virtual tokens zero, so their logit is exactly 0), and each layer's (q/k permuted to llama.cpp's rope)."""
+    embd = sd["model.embed_tokens.weight"]
+    d = embd.shape[1]
+    n_head = cfg.num_attention_heads
+    n_kv = getattr(cfg, "num_key_value_heads", None) or n_head
+    yield "token_embd.weight", embd if extra is None else np.concatenate([embd, extra], 0)
+    yield "output_norm.weight", sd["model.norm.weight"]
+    if not tied or extra is not None:
+        out = embd if tied else sd["lm_head.weight"]
+        if extra is not None:
+            out = np.concatenate([out, np.zeros((extra.shape[0], d), np.float32)], 0)
+        yield "output.weight", out
+    heads = {"attn_q": n_head, "attn_k": n_kv}
+    for i in range(cfg.num_hidden_layers):
+        for kind, hf in LAYER_TENSORS.items():
+            wt = sd[f"model.layers.{i}.{hf}.weight"]
+            yield f"blk.{i}.{kind}.weight", permute_qk(wt, heads[kind]) if kind in heads else wt
+
+
+def write_gguf(
+    model, tokenizer, out_path, *, file_type: str = "f32", extra_embeddings: np.ndarray | None = None, extra_token_names: list[str] | None = None
+) -> dict:
+    """Write ``model`` (LlamaForCausalLM) + ``tokenizer`` (fast byte-level BPE) to ``out_path``.
+
+    file_type: "f32" or "f16" (f16 applies to 2-D matrices; norms stay f32).
+    extra_embeddings ``[V_extra, d]`` / extra_token_names: virtual tokens appended after the vocab.
+    Returns {"tensor_types": {type: count}, "vocab_size": int, "virtual_token_ids": [...],
+             "untied_output_for_virtual_tokens": bool}.
+    """
+    if file_type not in ("f32", "f16"):
+        raise ValueError("file_type must be 'f32' or 'f16'")
+    cfg = model.config  # its architecture was checked by export.formats.check_supported before loading
+    d = cfg.hidden_size
+    sd = {k: v.detach().to("cpu").float().numpy() for k, v in model.state_dict().items()}
+    n_vocab = sd["model.embed_tokens.weight"].shape[0]
+    tied = bool(getattr(cfg, "tie_word_embeddings", False)) or "lm_head.weight" not in sd
+    n_extra = 0
+    if extra_embeddings is not None:
+        extra_embeddings = np.asarray(extra_embeddings, dtype=np.float32)
+        if extra_embeddings.ndim != 2 or extra_embeddings.shape[1] != d:
+            raise ValueError(f"extra_embeddings must be [V_extra, {d}], got {extra_embeddings.shape}")
+        n_extra = extra_embeddings.shape[0]
+        if extra_token_names is None:
+            extra_token_names = [f"<|virtual_{i}|>" for i in range(n_extra)]
+        if len(extra_token_names) != n_extra:
+            raise ValueError("extra_token_names must have one name per extra embedding row")
+    total_vocab = n_vocab + n_extra
+
+    w = gguf.GGUFWriter(str(out_path), "llama")
+    _add_hparams(w, cfg, file_type, total_vocab)
+    for k, (v, vt, st) in _vocab_kv(tokenizer, n_vocab, list(extra_token_names or []) if n_extra else []).items():
         w.add_key_value(k, v, vt, st)
-
-    # --- tensors
     counts: Counter = Counter()
-
-    def add(name, arr):
+    for name, arr in _tensors(sd, cfg, tied, extra_embeddings if n_extra else None):
         arr = np.ascontiguousarray(arr, dtype=np.float32)
         if file_type == "f16" and arr.ndim == 2:
             arr = arr.astype(np.float16)
         counts["F16" if arr.dtype == np.float16 else "F32"] += 1
         w.add_tensor(name, arr)
-
-    if n_extra:
-        add("token_embd.weight", np.concatenate([embd, extra_embeddings], 0))
-    else:
-        add("token_embd.weight", embd)
-    add("output_norm.weight", sd["model.norm.weight"])
-    untied_for_virtual = False
-    if not tied or n_extra:
-        out = embd if tied else sd["lm_head.weight"]
-        untied_for_virtual = tied
-        if n_extra:
-            out = np.concatenate([out, np.zeros((n_extra, d), np.float32)], 0)
-        add("output.weight", out)
-    heads = {"attn_q": n_head, "attn_k": n_kv}
-    for i in range(cfg.num_hidden_layers):
-        for kind, hf in LAYER_TENSORS.items():
-            wt = sd[f"model.layers.{i}.{hf}.weight"]
-            add(f"blk.{i}.{kind}.weight", permute_qk(wt, heads[kind]) if kind in heads else wt)
-
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -236,5 +242,5 @@ def write_gguf(
         "tensor_types": dict(counts),
         "vocab_size": total_vocab,
         "virtual_token_ids": list(range(n_vocab, total_vocab)),
-        "untied_output_for_virtual_tokens": untied_for_virtual,
+        "untied_output_for_virtual_tokens": tied and n_extra > 0,
     }

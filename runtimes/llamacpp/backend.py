@@ -25,6 +25,7 @@ class LlamaCppBackend:
     format = ModelFormat.GGUF
     prefix_form = TaskForm.LLAMA_STATE
     prefix_suffix = LLAMA_STATE_SUFFIX
+    restore_copies = True
 
     def __init__(self, engine: LlamaCppEngine):
         self.engine = engine

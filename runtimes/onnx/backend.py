@@ -23,6 +23,7 @@ class OnnxBackend:
     format = ModelFormat.ONNX
     prefix_form = TaskForm.KV_PREFIX
     prefix_suffix = ".safetensors"
+    restore_copies = False
 
     def __init__(self, engine: OnnxEngine):
         self.engine = engine
