@@ -272,11 +272,9 @@ def markdown(res: dict, plot_names: list[str] | None = None) -> str:
             for r in bp.get("p_sweep", [])
         ]
         md += [
-            "### P sweep (synthetic tasks, measured)",
+            "### P sweep (synthetic tasks, measured; swaps timed alone, median of many)",
             "",
-            _table(
-                ["method", "P", "KiB on disk", "KiB resident (prefix)", "cold prefix work ms", "from prefix file ms", "warm restore ms", "warm TTFT ms"], rows
-            ),
+            _table(["method", "P", "KiB on disk", "KiB resident (prefix)", "cold swap ms", "swap from a prefix file ms", "warm swap ms", "warm TTFT ms"], rows),
             "",
         ]
         rows = []
