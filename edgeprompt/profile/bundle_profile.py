@@ -96,44 +96,31 @@ class BundleProfiler:
         if arm in ("prompt_warm", "prefix_warm"):
             p = rt.prefix(task)  # computed once, cached
             return measure(lambda: run_request(be, p, ids, decode, V), reps, cfg.warmup)
-        if arm == "prompt_cold":
-            rows = e.method.prefix_array(rt.store.tensors(e))
+
+        def cold(make: Callable[[], object]) -> dict:
+            """Requests whose prefix ``make()`` builds each time: its time is the request's prefix work."""
 
             def one():
                 t = time.perf_counter()
-                p = rt.store.prefill(rows)
+                p = make()
                 return run_request(be, p, ids, decode, V, prefix_s=time.perf_counter() - t)
 
             return measure(one, reps, cfg.warmup)
+
+        if arm == "prompt_cold":
+            rows = e.method.prefix_array(rt.store.tensors(e))
+            return cold(lambda: rt.store.prefill(rows))
         if arm == "prompt_disk":
             blob = self.scratch / f"{task}{be.prefix_suffix}"
             if not blob.exists():
                 blob.write_bytes(be.prefix_to_bytes(rt.prefix(task)))
-
-            def one():
-                t = time.perf_counter()
-                p = be.prefix_from_bytes(blob.read_bytes(), e.num_virtual_tokens)
-                return run_request(be, p, ids, decode, V, prefix_s=time.perf_counter() - t)
-
-            return measure(one, reps, cfg.warmup)
+            return cold(lambda: be.prefix_from_bytes(blob.read_bytes(), e.num_virtual_tokens))
         if arm == "shipped_kv":
             if e is None or e.shipped is None or e.method.prefix_kind != PrefixKind.EMBEDDINGS:
                 return None
-
-            def one():
-                t = time.perf_counter()
-                p = be.prefix_from_bytes(e.shipped(), e.num_virtual_tokens)
-                return run_request(be, p, ids, decode, V, prefix_s=time.perf_counter() - t)
-
-            return measure(one, reps, cfg.warmup)
+            return cold(lambda: be.prefix_from_bytes(e.shipped(), e.num_virtual_tokens))
         if arm == "prefix_cold":
-
-            def one():
-                t = time.perf_counter()
-                p = rt.store.compute_prefix(e)  # read (sha256 checked), shape-checked, into the backend
-                return run_request(be, p, ids, decode, V, prefix_s=time.perf_counter() - t)
-
-            return measure(one, reps, cfg.warmup)
+            return cold(lambda: rt.store.compute_prefix(e))  # read (sha256 checked), shape-checked, into the backend
         raise KeyError(arm)
 
     def virtual_tokens(self, task: str, ids: list[int], decode: int) -> dict | None:
@@ -257,7 +244,8 @@ class BundleProfiler:
                 seq.feed_ids(ids[done:c])
                 done = c
                 b = seq.snapshot().nbytes
-                rows.append({"context": c, "kv_bytes": b, "bytes_per_position": b / c, "prefix_share_at_P": P / (P + c)})
+                # a task's sequence holds its P prefix positions and these c: the prefix's share of its KV
+                rows.append({"context": c, "kv_bytes": b, "bytes_per_position": b / c, "prefix_bytes_at_P": P * b / c, "prefix_share_at_P": P / (P + c)})
         return rows
 
     def open_times(self, path: Path, open_fn) -> dict:

@@ -134,7 +134,7 @@ def plots(res: dict) -> dict[str, str]:
             if pts:
                 series[label] = pts
         out[f"swap-vs-P{sfx}"] = svg.line_chart(
-            f"swap-vs-P{sfx}", series, "P (virtual tokens)", "swap: prefix work + restore, ms", logx=True, logy=True, title=f"Task swap vs P ({tag})"
+            f"swap-vs-P{sfx}", series, "P (virtual tokens)", "swap into a sequence, ms (median)", logx=True, logy=True, title=f"Task swap vs P ({tag})"
         )
         series = {
             "prompt tuning": [(r["P"], r["tensors_file"] / 1024) for r in ps if r["kind"] == "embeddings"],
@@ -164,9 +164,12 @@ def plots(res: dict) -> dict[str, str]:
             f"token-latency{sfx}", bars, "ms per token", stacked=False, title=f"Per-token decode latency, percentiles ({tag})"
         )
         kv = bp.get("kv_growth", [])
-        series = {"KV bytes per sequence": [(r["context"], r["kv_bytes"] / 2**20) for r in kv]}
         P = bp.get("P_main") or 20
-        series[f"of which a P={P} prefix"] = [(r["context"], r["kv_bytes"] / 2**20 * r["prefix_share_at_P"]) for r in kv]
+        series = {
+            "KV bytes per sequence (text only)": [(r["context"], r["kv_bytes"] / 2**20) for r in kv],
+            f"with a P={P} prefix": [(r["context"], (r["kv_bytes"] + r.get("prefix_bytes_at_P", 0)) / 2**20) for r in kv],
+            f"the P={P} prefix's part": [(r["context"], r.get("prefix_bytes_at_P", 0) / 2**20) for r in kv],
+        }
         out[f"kv-vs-context{sfx}"] = svg.line_chart(
             f"kv-vs-context{sfx}", series, "context (positions)", "MiB", logx=True, logy=True, title=f"KV bytes vs context ({tag})"
         )
