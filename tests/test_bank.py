@@ -84,7 +84,7 @@ def test_corrupt_tensors_give_a_clear_error(tmp_path):
 
 def test_bad_task_names(tmp_path):
     bank = PromptBank(tmp_path)
-    for bad in ["", "../x", ".hidden", "a/b"]:
+    for bad in ["", "../x", ".hidden", "a/b", "abc\n", "x" * 101, None]:
         with pytest.raises(EdgePromptError, match="not allowed"):
             bank.add(bad, "prompt", emb(), SPEC, info())
 

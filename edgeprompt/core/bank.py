@@ -39,7 +39,7 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
 def check_task_name(name: str) -> str:
-    if not _NAME_RE.match(name or ""):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):  # fullmatch: "$" would let a trailing newline through
         raise BankError(f"task name {name!r} is not allowed: use 1-100 letters, digits, '_', '-' or '.', starting with a letter or digit.")
     return name
 

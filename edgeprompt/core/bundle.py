@@ -9,6 +9,9 @@ file is refused at open, by name, not discovered as garbage output later.
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,7 @@ import numpy as np
 
 from edgeprompt.core.bank import PromptBank
 from edgeprompt.core.constants import (
+    BANK_FILE,
     BUNDLE_BANK_DIR,
     BUNDLE_FORMAT,
     BUNDLE_KV_DIR,
@@ -29,6 +33,7 @@ from edgeprompt.core.constants import (
     TASK_MANIFEST_FILE,
     TASKS_DIR,
     TENSOR_REFERENCE_LOGITS,
+    BankKeys,
     BundleKeys,
     FileKeys,
     ModelFormat,
@@ -57,14 +62,52 @@ class Bundle:
         if m.get(BundleKeys.FORMAT) != BUNDLE_FORMAT:
             raise BundleError(f"{mpath}: format {m.get(BundleKeys.FORMAT)!r} is not {BUNDLE_FORMAT!r}.")
         check_version(m.get(BundleKeys.VERSION), BUNDLE_VERSION, f"bundle {path}")
+        for key, kind in ((BundleKeys.MODEL, dict), (BundleKeys.BASE_MODEL, dict), (BundleKeys.FILES, dict), (BundleKeys.TASKS, dict)):
+            if not isinstance(m.get(key, {}), kind):
+                raise BundleError(f"{mpath}: {key!r} is a {type(m.get(key)).__name__}, not an object; the manifest is damaged: re-export the bundle.")
         b = cls(path, m)
         b.checked = verify
         if verify:
             b.verify_files(lazy_tasks=lazy_tasks)
-        bank_model = b.bank.base_model()
+        bank_model = b._bank_model()
         if bank_model is not None:
             b.base_model.check_compatible(bank_model, f"the bank in bundle {path}")
         return b
+
+    def _bank_model(self) -> ModelInfo | None:
+        """The base model its bank records (``bank.json``, read verified: opening never writes)."""
+        rel = f"{BUNDLE_BANK_DIR}/{BANK_FILE}"
+        if rel not in (self.manifest.get(BundleKeys.FILES) or {}) and not (self.checked is False and (self.path / rel).is_file()):
+            return None
+        try:
+            meta = json.loads(self.read_verified(rel))
+            return ModelInfo.from_dict(meta[BankKeys.BASE_MODEL])
+        except (ValueError, KeyError, TypeError) as e:
+            raise BundleError(f"bundle {self.path}: {rel} is not a readable bank file ({e}); re-export the bundle.") from None
+
+    def resolve(self, rel: str) -> Path:
+        """The path of a file the manifest names, confined to the bundle: relative, no ``..``, no symlink,
+        a regular file (a FIFO or a device would hang a reader). Refused otherwise, without reading it."""
+        if not isinstance(rel, str) or not rel or "\x00" in rel:
+            raise BundleError(f"bundle {self.path}: {rel!r} is not a file name; the manifest is damaged: re-export the bundle.")
+        parts = rel.replace("\\", "/").split("/")
+        if rel.startswith("/") or os.path.isabs(rel) or any(p in ("", ".", "..") for p in parts):
+            raise BundleError(f"bundle {self.path}: the manifest names {rel!r}, a path outside the bundle or not normalized; refused.")
+        cur = self.path
+        for i, part in enumerate(parts):
+            cur = cur / part
+            try:
+                st = os.lstat(cur)
+            except OSError:
+                raise BundleError(f"bundle {self.path}: file {rel} is missing; re-export the bundle.") from None
+            if stat.S_ISLNK(st.st_mode):
+                raise BundleError(f"bundle {self.path}: {rel} is (or passes through) a symbolic link; a bundle holds its own files: refused.")
+            last = i == len(parts) - 1
+            if not last and not stat.S_ISDIR(st.st_mode):
+                raise BundleError(f"bundle {self.path}: file {rel} is missing; re-export the bundle.")
+            if last and not stat.S_ISREG(st.st_mode):
+                raise BundleError(f"bundle {self.path}: {rel} is not a regular file (a FIFO, device or folder); refused.")
+        return cur
 
     def task_dir(self, name: str) -> str:
         """A task's folder in the bundle, relative to it."""
@@ -94,9 +137,9 @@ class Bundle:
                 "the bundle is incomplete or was edited: re-export it."
             )
         for rel, rec in files.items():
-            f = self.path / rel
-            if not f.exists():
-                raise BundleError(f"bundle {self.path}: file {rel} is missing; re-export the bundle.")
+            f = self.resolve(rel)
+            if not isinstance(rec, dict) or not isinstance(rec.get(FileKeys.BYTES), int) or not isinstance(rec.get(FileKeys.SHA256), str):
+                raise BundleError(f"bundle {self.path}: the manifest's record of {rel} lacks its bytes or sha256; re-export the bundle.")
             size = f.stat().st_size
             if size != rec[FileKeys.BYTES]:
                 raise BundleError(
@@ -116,14 +159,14 @@ class Bundle:
         """A listed file's bytes, checked against its size and sha256 in the manifest (unless opened unverified)."""
         if not self.checked:
             try:
-                return (self.path / rel).read_bytes()
+                return self.resolve(rel).read_bytes()
             except OSError as e:
                 raise BundleError(f"bundle {self.path}: cannot read {rel} ({e.strerror}).") from None
         rec = (self.manifest.get(BundleKeys.FILES) or {}).get(rel)
         if rec is None:
             raise BundleError(f"bundle {self.path}: {rel} is not among the manifest's checked files; re-export the bundle.")
         try:
-            data = (self.path / rel).read_bytes()
+            data = self.resolve(rel).read_bytes()
         except OSError as e:
             raise BundleError(f"bundle {self.path}: cannot read {rel} ({e.strerror}); re-copy the bundle.") from None
         if len(data) != rec[FileKeys.BYTES] or hashlib.sha256(data).hexdigest() != rec[FileKeys.SHA256]:
@@ -147,15 +190,15 @@ class Bundle:
         return self.model[ModelKeys.QUANT]
 
     def file(self, rel: str) -> Path:
-        return self.path / rel
+        return self.resolve(rel)
 
     @property
     def model_file(self) -> Path:
-        return self.path / self.model[ModelKeys.FILE]
+        return self.resolve(self.model[ModelKeys.FILE])
 
     @property
     def tokenizer_file(self) -> Path:
-        return self.path / BUNDLE_TOKENIZER_FILE
+        return self.resolve(BUNDLE_TOKENIZER_FILE)
 
     @property
     def bank(self) -> PromptBank:
@@ -175,7 +218,6 @@ class Bundle:
 
     def probes(self) -> tuple[list[Probe], np.ndarray]:
         """The probe set and the torch fp32 reference logits ``[N, V]`` stored at export."""
-        d = self.path / BUNDLE_PROBES_DIR
-        probes = load_probes(d / PROBES_FILE)
-        ref = read_safetensors(d / PROBES_REFERENCE_FILE, "reference logits")[TENSOR_REFERENCE_LOGITS]
+        probes = load_probes(self.resolve(f"{BUNDLE_PROBES_DIR}/{PROBES_FILE}"))
+        ref = read_safetensors(self.resolve(f"{BUNDLE_PROBES_DIR}/{PROBES_REFERENCE_FILE}"), "reference logits")[TENSOR_REFERENCE_LOGITS]
         return probes, ref
