@@ -24,7 +24,13 @@ def _default_bank() -> str:
 
 
 def _size(s: str) -> int | float:
-    v = float(s)
+    """A split size: a count (1 or more, whole) or a fraction in [0, 1)."""
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a number") from None
+    if v != v or v < 0 or v in (float("inf"),) or (v >= 1 and v != int(v)):
+        raise argparse.ArgumentTypeError(f"{s!r}: give a count (e.g. 100) or a fraction in [0, 1) (e.g. 0.1)")
     return int(v) if v >= 1 else v
 
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from edgeprompt.core.data import Example, dedupe, load_file, load_tweets, split
@@ -89,5 +91,43 @@ def test_spec_checks_itself():
         TaskSpec(labels=["a"])
     with pytest.raises(EdgePromptError, match=r"unknown labels \['postive'\]"):
         TaskSpec(labels=["negative", "positive"], verbalizers={"postive": " good"})
-    with pytest.raises(EdgePromptError, match="must not be negative"):
+    with pytest.raises(EdgePromptError, match="give a count"):
         split([Example("a", "x")] * 3, seed=0, dev=-2, test=1)
+
+
+def test_hostile_data_files_get_a_typed_error_naming_the_row(tmp_path):
+    """Each of these ended in a traceback or trained on garbage before (issue 10)."""
+    from edgeprompt.core.data import MAX_LABELS, load_file, read_rows
+    from edgeprompt.core.errors import DataError
+
+    def write(name: str, data: bytes) -> Path:
+        p = tmp_path / name
+        p.write_bytes(data)
+        return p
+
+    cases = {
+        "number.jsonl": (b'{"text": "ok", "label": "a"}\n42\n', "line 2 is a JSON int"),
+        "list.jsonl": (b'["text", "label"]\n', "line 1 is a JSON list"),
+        "string.jsonl": (b'"just a string"\n', "line 1 is a JSON str"),
+        "null.jsonl": (b'{"text": null, "label": "a"}\n', "'text' is null"),
+        "nested.jsonl": (b'{"text": {"a": 1}, "label": "a"}\n', "not a text"),
+    }
+    for name, (data, msg) in cases.items():
+        with pytest.raises(DataError, match=msg):
+            read_rows(write(name, data), "text", "label")
+    # a byte that is not UTF-8 reads as U+FFFD in JSONL as in CSV (the built-in tweets have some), no traceback
+    for name, data in (("latin1.jsonl", b'{"text": "caf\xe9", "label": "a"}\n'), ("latin1.csv", b"text,label\ncaf\xe9,a\n")):
+        assert read_rows(write(name, data), "text", "label")[0].text == "caf\ufffd"
+    # a BOM (Excel) is not part of the first column's name; a field over the csv module's 131,072 default is read
+    long = "word " * 40_000
+    rows = read_rows(write("bom.csv", b"\xef\xbb\xbftext,label\n" + f'"{long}",a\n'.encode()), "text", "label")
+    assert rows[0].label == "a" and len(rows[0].text) > 131_072
+    # labels are numbers in JSONL: read as their text
+    assert read_rows(write("stars.jsonl", b'{"text": "fine", "label": 4}\n'), "text", "label")[0].label == "4"
+    # one wrong --label-column (an id) makes thousands of labels: refused before any allocation
+    ids = "".join(f"text {i},{i}\n" for i in range(MAX_LABELS + 5))
+    with pytest.raises(DataError, match="Is --label-column right"):
+        load_file(write("ids.csv", ("text,label\n" + ids).encode()))
+    for bad in (float("nan"), float("inf"), -1, 1.5):
+        with pytest.raises(DataError, match="--dev"):
+            load_file(write("ok.csv", b"text,label\n" + b"".join(f"t{i},{'ab'[i % 2]}\n".encode() for i in range(20))), dev=bad)

@@ -87,3 +87,18 @@ def test_import_peft_refuses_pickles_and_wrong_shapes(tiny_lm, tmp_path):
     atomic_write_safetensors(d / "adapter_model.safetensors", {"prompt_embeddings": np.zeros((2, 7), np.float32)})
     with pytest.raises(EdgePromptError, match=r"\[2, 7\].*d=32"):
         import_peft(d, PromptBank(tmp_path / "b"), "x", tiny_lm.info, SPEC)
+    # num_virtual_tokens: a positive integer equal to the tensor's rows, or refused by name
+    atomic_write_safetensors(d / "adapter_model.safetensors", {"prompt_embeddings": np.ones((2, 32), np.float32)})
+    for bad in ('"abc"', "0", "1000000000", "3", "true", "2.5"):
+        (d / "adapter_config.json").write_text('{"peft_type": "PROMPT_TUNING", "num_virtual_tokens": %s}' % bad)
+        with pytest.raises(EdgePromptError, match="num_virtual_tokens"):
+            import_peft(d, PromptBank(tmp_path / "b"), "x", tiny_lm.info, SPEC)
+    (d / "adapter_config.json").write_text("[1, 2]")
+    with pytest.raises(EdgePromptError, match="not a JSON object"):
+        import_peft(d, PromptBank(tmp_path / "b"), "x", tiny_lm.info, SPEC)
+    # NaN in the prompt: refused at import, nothing written
+    (d / "adapter_config.json").write_text('{"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 2}')
+    atomic_write_safetensors(d / "adapter_model.safetensors", {"prompt_embeddings": np.full((2, 32), np.nan, np.float32)})
+    with pytest.raises(EdgePromptError, match="NaN"):
+        import_peft(d, PromptBank(tmp_path / "b"), "x", tiny_lm.info, SPEC)
+    assert "x" not in PromptBank(tmp_path / "b").names()

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterable
 
 from edgeprompt.core.constants import TaskKind
-from edgeprompt.core.errors import EdgePromptError
+from edgeprompt.core.errors import DataError, EdgePromptError
 from edgeprompt.core.files import refuse_pickle
 from edgeprompt.core.tasks import TaskSpec
 
@@ -87,6 +87,11 @@ def dedupe(rows: Iterable[Example]) -> list[Example]:
 
 def split(rows: list[Example], seed: int, dev: int | float, test: int | float) -> tuple[list, list, list]:
     """Seeded shuffle, then ``test`` and ``dev`` examples off the front (counts or fractions)."""
+    for what, v in (("dev", dev), ("test", test)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or v in (float("inf"), float("-inf")):
+            raise DataError(f"--{what} {v!r}: give a count (e.g. 100) or a fraction (e.g. 0.1).")
+        if v < 0 or (isinstance(v, float) and v >= 1 and v != int(v)):
+            raise DataError(f"--{what} {v}: give a count (e.g. 100) or a fraction in [0, 1) (e.g. 0.1).")
     rows = list(rows)
     random.Random(seed).shuffle(rows)
     n = len(rows)
@@ -99,42 +104,66 @@ def split(rows: list[Example], seed: int, dev: int | float, test: int | float) -
     return rows[n_test + n_dev :], rows[n_test : n_test + n_dev], rows[:n_test]
 
 
+#: A CSV field may hold a long document (the csv module's default cap is 131,072 characters).
+CSV_FIELD_LIMIT = 16 * 2**20
+#: More distinct labels than this is almost always the wrong ``--label-column`` (an id, a text).
+MAX_LABELS = 1000
+
+
+def _cell(v, path: Path, where: str, col: str) -> str:
+    """A text or label value: a string, or a number (a label like 1-5 stars); anything else is refused."""
+    if isinstance(v, str):
+        return v.strip()
+    if isinstance(v, bool) or v is None or not isinstance(v, (int, float)):
+        raise DataError(f"{path}: {where}: {col!r} is {json.dumps(v)[:40]}, not a text; fix the row or choose another column.")
+    return str(v)
+
+
 def read_rows(path: Path, text_column: str, label_column: str) -> list[Example]:
-    """Read a CSV or JSONL file; every row must have both columns."""
+    """Read a CSV or JSONL file (UTF-8; a BOM is fine, bytes that are not UTF-8 become U+FFFD); every row
+    must have both columns."""
     refuse_pickle(path)
     if not path.is_file():
-        raise EdgePromptError(f"data file not found: {path}")
+        raise DataError(f"data file not found: {path}")
     suffix = path.suffix.lower()
     rows: list[Example] = []
-    if suffix in (".csv", ".tsv"):
-        with open(path, newline="", encoding="utf-8", errors="replace") as f:
-            reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
-            cols = reader.fieldnames or []
-            for col in (text_column, label_column):
-                if col not in cols:
-                    raise EdgePromptError(f"{path}: no column {col!r}; the columns are {cols}. Choose with --text-column/--label-column.")
-            for i, r in enumerate(reader, start=2):
-                text, label = r.get(text_column), r.get(label_column)
-                if text is None or label is None:
-                    raise EdgePromptError(f"{path}: row {i} is short (no {text_column!r} or {label_column!r}).")
-                rows.append(Example(text.strip(), label.strip()))
-    elif suffix in (".jsonl", ".json"):
-        with open(path, encoding="utf-8") as f:
-            for i, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    r = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise EdgePromptError(f"{path}: line {i} is not JSON ({e}).") from None
+    try:
+        if suffix in (".csv", ".tsv"):
+            csv.field_size_limit(CSV_FIELD_LIMIT)
+            # utf-8-sig: Excel's BOM is not part of the first column's name; a byte that is not UTF-8 becomes U+FFFD
+            # (real corpora have a few, the built-in tweets among them), in CSV and JSONL alike
+            with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
+                reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
+                cols = reader.fieldnames or []
                 for col in (text_column, label_column):
-                    if col not in r:
-                        raise EdgePromptError(f"{path}: line {i} has no {col!r} field (fields: {sorted(r)}).")
-                rows.append(Example(str(r[text_column]).strip(), str(r[label_column]).strip()))
-    else:
-        raise EdgePromptError(f"{path}: unsupported data format {suffix!r}; use .csv, .tsv or .jsonl.")
+                    if col not in cols:
+                        raise DataError(f"{path}: no column {col!r}; the columns are {cols}. Choose with --text-column/--label-column.")
+                for i, r in enumerate(reader, start=2):
+                    text, label = r.get(text_column), r.get(label_column)
+                    if text is None or label is None:
+                        raise DataError(f"{path}: row {i} is short (no {text_column!r} or {label_column!r}).")
+                    rows.append(Example(text.strip(), label.strip()))
+        elif suffix in (".jsonl", ".json"):
+            with open(path, encoding="utf-8-sig", errors="replace") as f:
+                for i, line in enumerate(f, start=1):
+                    if not line.strip():
+                        continue
+                    try:
+                        r = json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise DataError(f"{path}: line {i} is not JSON ({e}).") from None
+                    if not isinstance(r, dict):
+                        raise DataError(f"{path}: line {i} is a JSON {type(r).__name__}, not an object with {text_column!r} and {label_column!r}.")
+                    for col in (text_column, label_column):
+                        if col not in r:
+                            raise DataError(f"{path}: line {i} has no {col!r} field (fields: {sorted(r)}).")
+                    rows.append(Example(_cell(r[text_column], path, f"line {i}", text_column), _cell(r[label_column], path, f"line {i}", label_column)))
+        else:
+            raise DataError(f"{path}: unsupported data format {suffix!r}; use .csv, .tsv or .jsonl.")
+    except csv.Error as e:
+        raise DataError(f"{path}: not a readable CSV ({e}).") from None
     if not rows:
-        raise EdgePromptError(f"{path} has no data rows.")
+        raise DataError(f"{path} has no data rows.")
     return rows
 
 
@@ -178,6 +207,11 @@ def load_file(
     if spec is None:
         if TaskKind(kind) == TaskKind.CLASSIFICATION:
             labels = sorted({ex.label for ex in rows})
+            if len(labels) > MAX_LABELS:
+                raise DataError(
+                    f"{path}: column {label_column!r} has {len(labels):,} distinct values (e.g. {labels[0][:30]!r}); a classification "
+                    f"task takes at most {MAX_LABELS}. Is --label-column right? (--kind generation trains on free text.)"
+                )
             spec = TaskSpec(kind=kind, template="{text}\nLabel:", instruction=f"Label the text as {', '.join(labels)}.\n", labels=labels)
         else:
             spec = TaskSpec(kind=kind, template="{text}\n", instruction="")

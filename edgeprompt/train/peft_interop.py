@@ -55,8 +55,14 @@ def read_peft(directory: str | Path, info: ModelInfo) -> tuple[MethodSpec, dict[
     if PEFT_KEY not in t:
         raise EdgePromptError(f"{weights} has no {PEFT_KEY!r} tensor (found {sorted(t)}); is it a prompt-learning adapter?")
     emb = t[PEFT_KEY].astype(np.float32)
+    if not isinstance(cfg, dict):
+        raise BankError(f"{d / ADAPTER_CONFIG} is not a JSON object; is it a PEFT adapter config?")
     ptype = cfg.get("peft_type")
-    P = int(cfg.get("num_virtual_tokens") or emb.shape[0])
+    P = cfg.get("num_virtual_tokens", emb.shape[0])
+    if isinstance(P, bool) or not isinstance(P, int) or not 1 <= P <= 1024 or P != emb.shape[0]:
+        raise BankError(
+            f"{d / ADAPTER_CONFIG}: num_virtual_tokens is {P!r}; it must be an integer in [1, 1024] equal to the rows of {PEFT_KEY} ({emb.shape[0]})."
+        )
     if cfg.get("num_transformer_submodules", 1) not in (1, None):
         raise EdgePromptError(f"{d}: num_transformer_submodules={cfg['num_transformer_submodules']} is for encoder-decoder models; edgeprompt serves decoders.")
     m = _method_for(ptype)
