@@ -23,7 +23,19 @@ import numpy as np
 
 from edgeprompt.core.bank import BankTask, PromptBank
 from edgeprompt.core.bundle import Bundle
-from edgeprompt.core.constants import BANK_FILE, FULL_PRECISION_QUANTS, PARITY_FP32_MAX_ABS, TASK_MANIFEST_FILE, FileKeys, ModelKeys, TaskKind, TokenizerKeys
+from edgeprompt.core.constants import (
+    BANK_FILE,
+    FULL_PRECISION_QUANTS,
+    MAX_STOP_LENGTH,
+    MAX_STOP_STRINGS,
+    MAX_TEMPERATURE,
+    PARITY_FP32_MAX_ABS,
+    TASK_MANIFEST_FILE,
+    FileKeys,
+    ModelKeys,
+    TaskKind,
+    TokenizerKeys,
+)
 from edgeprompt.core.errors import BundleError, EdgePromptError, RequestError
 from edgeprompt.core.files import read_json
 from edgeprompt.core.parity import PLAIN, ParityResult, Probe, compare
@@ -175,9 +187,7 @@ class Runtime:
 
         Greedy when ``temperature == 0``. Stops at EOS, at ``max_new_tokens`` or at a ``stop`` string.
         """
-        if max_new_tokens < 1:
-            raise RequestError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
-        stop = tuple(x for x in stop if x)
+        stop = _check_sampling(max_new_tokens, temperature, top_k, top_p, seed, stop)
         # checked now, not at the first next(): an unknown task or a too-long text fails the call
         ids = self.input_ids(task, text, reserve=max_new_tokens, truncate=truncate)
         prefix = self.prefix(task)
@@ -243,6 +253,32 @@ class Runtime:
     def __exit__(self, *exc):
         self.close()
         return False
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _check_sampling(max_new_tokens, temperature, top_k, top_p, seed, stop) -> tuple[str, ...]:
+    """Refuse bad sampling settings before any work (and before a server sends its 200): a typed error naming
+    the setting and its range. Returns the stop strings, empty ones dropped."""
+    if not _is_int(max_new_tokens) or max_new_tokens < 1:
+        raise RequestError(f"max_new_tokens must be an integer of at least 1, got {max_new_tokens!r}.")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature <= MAX_TEMPERATURE:
+        raise RequestError(f"temperature must be a number in [0, {MAX_TEMPERATURE:g}] (0 = greedy), got {temperature!r}.")
+    if not _is_int(top_k) or top_k < 0:
+        raise RequestError(f"top_k must be an integer of at least 0 (0 = off), got {top_k!r}.")
+    if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
+        raise RequestError(f"top_p must be a number in (0, 1], got {top_p!r}.")
+    if seed is not None and (not _is_int(seed) or not 0 <= seed < 2**63):
+        raise RequestError(f"seed must be an integer in [0, 2**63) or null, got {seed!r}.")
+    if isinstance(stop, str):
+        stop = [stop]
+    if not isinstance(stop, (list, tuple)) or not all(isinstance(x, str) for x in stop):
+        raise RequestError("stop must be a string or a list of strings.")
+    if len(stop) > MAX_STOP_STRINGS or any(len(x) > MAX_STOP_LENGTH for x in stop):
+        raise RequestError(f"stop takes at most {MAX_STOP_STRINGS} strings of at most {MAX_STOP_LENGTH} characters each.")
+    return tuple(x for x in stop if x)
 
 
 def open_bundle(

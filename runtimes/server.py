@@ -10,12 +10,17 @@ Endpoints (JSON in, JSON out; every request names its ``task``, ``null`` = the p
                     -> {"text"}; with "stream": true, newline-delimited JSON {"piece": ...} lines
                        then {"done": true}
 
-Bad requests get status 400 and ``{"error": message}``. Bound to 127.0.0.1 unless told otherwise.
+Bad requests get status 400 and ``{"error": message}``; every other error too is JSON (404, 405, 411, 413,
+414, 503), never HTML. Every request's body is read (or the connection closed), so a body can never be
+parsed as the next request; chunked bodies are refused (411). At most ``max_connections`` connections are
+served at once (one thread each); beyond that a connection gets 503 with ``Retry-After`` at once.
+Bound to 127.0.0.1 unless told otherwise.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -23,8 +28,10 @@ from edgeprompt.core.errors import EdgePromptError
 from edgeprompt.runtimes.runtime import Runtime
 
 MAX_BODY = 1 << 20  # 1 MiB of JSON per request
+MAX_CONNECTIONS = 64  # served at once, a thread each; beyond it: 503
+BACKLOG = 128  # connections the OS queues before accept (the standard library's default is 5)
 
-_GEN_FIELDS = {"max_new_tokens": int, "temperature": float, "top_k": int, "top_p": float, "seed": int}
+_GEN_FIELDS = ("max_new_tokens", "temperature", "top_k", "top_p", "seed")  # checked by Runtime.generate
 
 
 def _handler(rt: Runtime):
@@ -44,16 +51,31 @@ def _handler(rt: Runtime):
             self.end_headers()
             self.wfile.write(body)
 
-        def _body(self) -> dict:
+        def send_error(self, code, message=None, explain=None):  # the standard library's errors are HTML
+            self.close_connection = True
+            try:
+                self._send(code, {"error": message or self.responses.get(code, ("error",))[0]})
+            except OSError:
+                pass
+
+        def _raw_body(self) -> bytes:
+            """The request's body, read whole: whatever the method and path, so it is never taken for the
+            next request on the connection. Chunked bodies are refused; a body too large closes the connection."""
+            if self.headers.get("Transfer-Encoding"):
+                self.close_connection = True
+                raise _HTTPError(411, "Transfer-Encoding is not accepted; send the body with a Content-Length.")
             try:
                 n = int(self.headers.get("Content-Length") or 0)
             except ValueError:
                 n = -1
             if n < 0 or n > MAX_BODY:
                 self.close_connection = True  # the body is not read: the connection cannot be reused
-                raise EdgePromptError(f"Content-Length must be between 0 and {MAX_BODY} bytes.")
+                raise _HTTPError(413, f"Content-Length must be between 0 and {MAX_BODY} bytes.")
+            return self.rfile.read(n) if n else b""
+
+        def _body(self, raw: bytes) -> dict:
             try:
-                obj = json.loads(self.rfile.read(n) or b"{}")
+                obj = json.loads(raw or b"{}")
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise EdgePromptError(f"the request body is not JSON ({e}).") from None
             if not isinstance(obj, dict):
@@ -68,6 +90,10 @@ def _handler(rt: Runtime):
             return obj
 
         def do_GET(self):
+            try:
+                self._raw_body()
+            except _HTTPError as e:
+                return self._send(e.status, {"error": str(e)})
             if self.path == "/health":
                 self._send(200, {"ok": True, "backend": rt.backend.name, "quant": rt.bundle.quant})
             elif self.path == "/tasks":
@@ -77,19 +103,28 @@ def _handler(rt: Runtime):
             else:
                 self._send(404, {"error": f"no endpoint GET {self.path}; try /health, /tasks, POST /classify, POST /generate."})
 
+        def _unsupported(self):
+            try:
+                self._raw_body()
+            except _HTTPError:
+                pass
+            self.close_connection = True
+            self._send(405, {"error": f"{self.command} is not supported; use GET /health, GET /tasks, POST /classify or POST /generate."})
+
+        do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _unsupported
+
         def do_POST(self):
             streaming = False
             try:
+                raw = self._raw_body()
                 if self.path == "/classify":
-                    req = self._body()
+                    req = self._body(raw)
                     out = rt.classify(req.get("task"), req["text"], truncate=req.get("truncate", False))
                     self._send(200, out.to_dict())
                 elif self.path == "/generate":
-                    req = self._body()
-                    kw = {k: f(req[k]) for k, f in _GEN_FIELDS.items() if req.get(k) is not None}
+                    req = self._body(raw)
+                    kw = {k: req[k] for k in _GEN_FIELDS if req.get(k) is not None}
                     stop = req.get("stop") or []
-                    if isinstance(stop, str):
-                        stop = [stop]
                     # generate() checks the task and the length before returning: errors come before the 200
                     it = rt.generate(req.get("task"), req["text"], stop=stop, truncate=req.get("truncate", False), **kw)
                     if req.get("stream"):
@@ -111,6 +146,8 @@ def _handler(rt: Runtime):
                     self._send(404, {"error": f"no endpoint POST {self.path}; try /classify or /generate."})
             except (BrokenPipeError, ConnectionResetError):
                 self.close_connection = True  # the client went away
+            except _HTTPError as e:
+                self._send(e.status, {"error": str(e)})
             except Exception as e:  # noqa: BLE001 - every error becomes a JSON answer, never a dropped connection
                 bad_request = isinstance(e, (EdgePromptError, ValueError, TypeError))
                 msg = str(e) if bad_request else f"internal error: {type(e).__name__}: {e}"
@@ -132,8 +169,45 @@ def _handler(rt: Runtime):
     return Handler
 
 
-def make_server(rt: Runtime, host: str = "127.0.0.1", port: int = 8080) -> ThreadingHTTPServer:
+class _HTTPError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class _Server(ThreadingHTTPServer):
+    """A thread per connection, at most ``max_connections`` at once; the next ones get 503 and are closed."""
+
+    daemon_threads = True
+    request_queue_size = BACKLOG
+
+    def __init__(self, addr, handler, max_connections: int = MAX_CONNECTIONS):
+        self._slots = threading.BoundedSemaphore(max_connections)
+        super().__init__(addr, handler)
+
+    def process_request(self, request, client_address):
+        if not self._slots.acquire(blocking=False):
+            body = json.dumps({"error": "the server is busy; retry shortly."}).encode()
+            head = f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            try:
+                request.sendall(head.encode() + body)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+def make_server(rt: Runtime, host: str = "127.0.0.1", port: int = 8080, max_connections: int = MAX_CONNECTIONS) -> ThreadingHTTPServer:
     """A threading HTTP server over ``rt`` (call ``serve_forever()``; port 0 picks a free port)."""
-    srv = ThreadingHTTPServer((host, port), _handler(rt))
-    srv.daemon_threads = True
-    return srv
+    return _Server((host, port), _handler(rt), max_connections=max_connections)

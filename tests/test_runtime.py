@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -410,7 +411,7 @@ def test_http_server(bundle_of):
         c = http.client.HTTPConnection("127.0.0.1", srv.server_address[1], timeout=10)
         c.request("POST", "/classify", body=b"{}", headers={"Content-Length": "-5"})
         r = c.getresponse()
-        assert r.status == 400 and "Content-Length" in json.loads(r.read())["error"]
+        assert r.status == 413 and "Content-Length" in json.loads(r.read())["error"]
         c.close()
 
         def broken(*a, **k):  # an engine failure after the first piece was streamed
@@ -424,6 +425,92 @@ def test_http_server(bundle_of):
             rt._generate = real
         assert lines[0] == {"piece": "x"} and "decode failed" in lines[-1]["error"]
         assert json.loads(urllib.request.urlopen(base + "/health", timeout=30).read())["ok"]  # still serving
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        rt.close()
+
+
+def _raw_http(port: int, data: bytes, timeout: float = 10.0) -> bytes:
+    """Send bytes on a fresh connection; everything the server answers until it closes or goes quiet."""
+    import socket
+
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    s.sendall(data)
+    out = b""
+    try:
+        while True:
+            b = s.recv(65536)
+            if not b:
+                break
+            out += b
+    except OSError:  # quiet for `timeout`: the server kept the connection open
+        pass
+    s.close()
+    return out
+
+
+def test_http_server_hostile_requests(bundle_of):
+    """The red-team findings of issue 10: request desync, HTML errors, unbounded settings, too many connections."""
+    from edgeprompt.runtimes import open_bundle
+    from edgeprompt.runtimes.server import make_server
+
+    rt = open_bundle(bundle_of("gguf", "f32"), threads=1)
+    srv = make_server(rt, "127.0.0.1", 0, max_connections=4)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    port = srv.server_address[1]
+    try:
+        # a body smuggling a second request is read as a body, never answered as a request
+        smuggled = b"GET /tasks HTTP/1.1\r\nHost: x\r\n\r\n"
+        for method, path in (("POST", "/nowhere"), ("GET", "/health")):
+            head = f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(smuggled)}\r\nConnection: close\r\n\r\n".encode()
+            out = _raw_http(port, head + smuggled)
+            assert out.count(b"HTTP/1.1 ") == 1, out
+        # chunked bodies are refused with JSON, and the connection closed
+        out = _raw_http(port, b"POST /classify HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+        assert out.startswith(b"HTTP/1.1 411") and out.count(b"HTTP/1.1 ") == 1 and b'"error"' in out
+        # methods it does not serve, and over-long URLs: JSON too, not HTML
+        out = _raw_http(port, b"PUT /classify HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+        assert out.startswith(b"HTTP/1.1 405") and b"application/json" in out and b"<html" not in out.lower()
+        out = _raw_http(port, b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert out.startswith(b"HTTP/1.1 414") and b"<html" not in out.lower()
+
+        def gen(**kw):
+            body = json.dumps({"task": "pt", "text": "the day", "max_new_tokens": 3, **kw}).encode()
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/generate", data=body, headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(req, timeout=30) as r:
+                    return r.status, r.read()
+            except urllib.error.HTTPError as e:
+                return e.code, e.read()
+
+        # settings out of range: 400 with the setting named, before any stream starts (stream: true included)
+        for bad, word in (
+            ({"stop": ["x" * 1000] * 1000}, "stop"),
+            ({"stop": [1, 2]}, "stop"),
+            ({"top_k": -1}, "top_k"),
+            ({"top_p": 0}, "top_p"),
+            ({"temperature": 1e400}, "temperature"),
+            ({"seed": 10**30}, "seed"),
+            ({"seed": -1}, "seed"),
+            ({"max_new_tokens": "9"}, "max_new_tokens"),
+            ({"max_new_tokens": 10**9}, "context"),
+        ):
+            for stream in (False, True):
+                status, body = gen(**bad, stream=stream)
+                assert status == 400 and word in json.loads(body)["error"], (bad, status, body)
+        assert gen(stop=["\n"], top_k=0, seed=1, temperature=0.7)[0] == 200
+        # connections beyond the cap get 503 with Retry-After at once; the ones held keep working
+        import socket
+
+        held = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(4)]
+        time.sleep(0.3)
+        out = _raw_http(port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n", timeout=5)
+        assert out.startswith(b"HTTP/1.1 503") and b"Retry-After: 1" in out
+        for h in held:
+            h.close()
+        time.sleep(0.3)
+        assert json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10).read())["ok"]
     finally:
         srv.shutdown()
         srv.server_close()

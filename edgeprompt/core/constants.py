@@ -164,6 +164,11 @@ LLAMA_STATE_SUFFIX = ".llama-state"
 #: An fp32 export whose logits differ from torch by more than this fails.
 PARITY_FP32_MAX_ABS = 1e-3
 
+# -- request limits (the runtime's generate(), whatever server fronts it) ---------------------------
+MAX_STOP_STRINGS = 16  # OpenAI allows 4; each is searched for after every token
+MAX_STOP_LENGTH = 256  # characters per stop string
+MAX_TEMPERATURE = 100.0
+
 
 #: The runtimes' backends ("auto" picks the bundle's own format).
 BACKENDS = ("auto", "onnx", "llamacpp")
