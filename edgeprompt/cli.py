@@ -395,7 +395,12 @@ def cmd_serve(args) -> int:
     from edgeprompt.runtimes.server import make_server
 
     rt = _open_runtime(args)
-    srv = make_server(rt, args.host, args.port)
+    key = args.api_key or os.environ.get("EDGEPROMPT_API_KEY") or None
+    try:
+        srv = make_server(rt, args.host, args.port, api_key=key, allow_open=args.no_api_key)
+    except EdgePromptError:
+        rt.close()
+        raise
     host, port = srv.server_address[:2]
     print(f"edgeprompt serving {args.bundle} ({rt.backend.name}, {len(rt.tasks)} tasks) on http://{host}:{port}", file=sys.stderr, flush=True)
     try:
@@ -718,6 +723,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime(sv)
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 for the network)")
     sv.add_argument("--port", type=int, default=8080)
+    sv.add_argument("--api-key", help="require Authorization: Bearer KEY on every endpoint but /health (or $EDGEPROMPT_API_KEY; 16+ characters)")
+    sv.add_argument("--no-api-key", action="store_true", help="allow serving a non-loopback --host without a key (a trusted network only)")
     sv.set_defaults(func=cmd_serve)
 
     m = _subcommand(sub, "models", help="list base models, or convert a GGUF to a cached transformers folder")

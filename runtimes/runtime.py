@@ -21,7 +21,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from edgeprompt.core.bank import BankTask, PromptBank
+from edgeprompt.core.bank import BankTask, PromptBank, read_task_folder
 from edgeprompt.core.bundle import Bundle
 from edgeprompt.core.constants import (
     BANK_FILE,
@@ -37,7 +37,6 @@ from edgeprompt.core.constants import (
     TokenizerKeys,
 )
 from edgeprompt.core.errors import BundleError, EdgePromptError, RequestError
-from edgeprompt.core.files import read_json
 from edgeprompt.core.parity import PLAIN, ParityResult, Probe, compare
 from edgeprompt.core.tasks import input_ids
 from edgeprompt.runtimes.backend import BACKENDS, Backend, Prefix, backend_for_format
@@ -89,7 +88,7 @@ class Runtime:
             else:
                 if not (p / TASK_MANIFEST_FILE).exists():
                     raise RequestError(f"{p} is not a task folder (no {TASK_MANIFEST_FILE}); pass BANK and name=TASK.")
-                t = BankTask(p.name, p, read_json(p / TASK_MANIFEST_FILE, "task manifest"))
+                t = read_task_folder(p)  # name, format, version and keys checked like a bank's
         e = self.store.add(t)
         self.cache.drop(e.name)
         return e.name

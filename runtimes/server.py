@@ -14,17 +14,19 @@ Bad requests get status 400 and ``{"error": message}``; every other error too is
 414, 503), never HTML. Every request's body is read (or the connection closed), so a body can never be
 parsed as the next request; chunked bodies are refused (411). At most ``max_connections`` connections are
 served at once (one thread each); beyond that a connection gets 503 with ``Retry-After`` at once.
-Bound to 127.0.0.1 unless told otherwise.
+Bound to 127.0.0.1 unless told otherwise; another address needs an API key (``--api-key``: every endpoint but
+``/health`` then wants ``Authorization: Bearer KEY``) or an explicit ``--no-api-key``.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from edgeprompt.core.errors import EdgePromptError
+from edgeprompt.core.errors import EdgePromptError, RequestError
 from edgeprompt.runtimes.runtime import Runtime
 
 MAX_BODY = 1 << 20  # 1 MiB of JSON per request
@@ -34,7 +36,9 @@ BACKLOG = 128  # connections the OS queues before accept (the standard library's
 _GEN_FIELDS = ("max_new_tokens", "temperature", "top_k", "top_p", "seed")  # checked by Runtime.generate
 
 
-def _handler(rt: Runtime):
+def _handler(rt: Runtime, api_key: str | None = None):
+    want = f"Bearer {api_key}".encode() if api_key else None
+
     class Handler(BaseHTTPRequestHandler):
         server_version = "edgeprompt"
         protocol_version = "HTTP/1.1"
@@ -89,11 +93,29 @@ def _handler(rt: Runtime):
                     raise EdgePromptError(f'"{flag}" must be true or false.')
             return obj
 
+        def _authorized(self) -> bool:
+            """With an API key, every endpoint but /health needs ``Authorization: Bearer KEY`` (constant-time compare)."""
+            if want is None or self.path == "/health":
+                return True
+            got = (self.headers.get("Authorization") or "").encode()
+            if hmac.compare_digest(got, want):
+                return True
+            body = json.dumps({"error": "missing or wrong API key: send Authorization: Bearer KEY."}).encode()
+            self.send_response(401)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("WWW-Authenticate", "Bearer")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return False
+
         def do_GET(self):
             try:
                 self._raw_body()
             except _HTTPError as e:
                 return self._send(e.status, {"error": str(e)})
+            if not self._authorized():
+                return
             if self.path == "/health":
                 self._send(200, {"ok": True, "backend": rt.backend.name, "quant": rt.bundle.quant})
             elif self.path == "/tasks":
@@ -117,6 +139,8 @@ def _handler(rt: Runtime):
             streaming = False
             try:
                 raw = self._raw_body()
+                if not self._authorized():
+                    return
                 if self.path == "/classify":
                     req = self._body(raw)
                     out = rt.classify(req.get("task"), req["text"], truncate=req.get("truncate", False))
@@ -208,6 +232,22 @@ class _Server(ThreadingHTTPServer):
             self._slots.release()
 
 
-def make_server(rt: Runtime, host: str = "127.0.0.1", port: int = 8080, max_connections: int = MAX_CONNECTIONS) -> ThreadingHTTPServer:
-    """A threading HTTP server over ``rt`` (call ``serve_forever()``; port 0 picks a free port)."""
-    return _Server((host, port), _handler(rt), max_connections=max_connections)
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def make_server(
+    rt: Runtime, host: str = "127.0.0.1", port: int = 8080, max_connections: int = MAX_CONNECTIONS, api_key: str | None = None, allow_open: bool = False
+) -> ThreadingHTTPServer:
+    """A threading HTTP server over ``rt`` (call ``serve_forever()``; port 0 picks a free port).
+
+    ``api_key``: every endpoint but ``/health`` then needs ``Authorization: Bearer KEY``. An address other than
+    loopback without a key is refused unless ``allow_open`` says the network is trusted.
+    """
+    if host not in LOOPBACK and not api_key and not allow_open:
+        raise RequestError(
+            f"serving on {host} would let anyone on the network use this model: pass --api-key KEY "
+            "(clients send Authorization: Bearer KEY), or --no-api-key if the network is trusted."
+        )
+    if api_key is not None and len(api_key) < 16:
+        raise RequestError("--api-key must be at least 16 characters.")
+    return _Server((host, port), _handler(rt, api_key), max_connections=max_connections)

@@ -117,3 +117,41 @@ def test_opening_and_serving_a_bundle_writes_nothing_in_it(bundle):
     finally:
         rt.close()
     assert _tree(bundle) == before
+
+
+def test_add_task_of_a_bare_folder_gets_every_check_a_bank_task_gets(bundle, tmp_path):
+    """A folder copied from anywhere: its name, format, version, keys, and tensors (shape, P, finite)."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from edgeprompt.core.errors import BankError, EdgePromptError
+
+    src = bundle / "bank" / "tasks" / "pt"
+    rt = _open(bundle)
+    try:
+
+        def folder(name: str, edit=None, tensors=None) -> Path:
+            d = tmp_path / "drop" / name
+            shutil.copytree(src, d)
+            if edit:
+                m = json.loads((d / "manifest.json").read_text())
+                edit(m)
+                (d / "manifest.json").write_text(json.dumps(m))
+            if tensors is not None:
+                save_file(tensors, str(d / "prefix.safetensors"))
+            return d
+
+        with pytest.raises(BankError, match="not allowed"):
+            rt.add_task(folder("bad name!"))
+        with pytest.raises(BankError, match="not an edgeprompt task manifest"):
+            rt.add_task(folder("fmt", lambda m: m.__setitem__("format", "other")))
+        with pytest.raises(EdgePromptError, match="version"):
+            rt.add_task(folder("ver", lambda m: m.__setitem__("version", 99)))
+        with pytest.raises(BankError, match="P = 0|shape"):
+            rt.add_task(folder("p0", tensors={"prompt_embeddings": np.zeros((0, 32), np.float32)}))
+        with pytest.raises(BankError, match="NaN"):
+            rt.add_task(folder("nan", tensors={"prompt_embeddings": np.full((4, 32), np.nan, np.float32)}))
+        assert sorted(rt.tasks) == ["pt", "px"]  # nothing half-added
+        assert rt.add_task(folder("good")) == "good"
+    finally:
+        rt.close()

@@ -515,3 +515,44 @@ def test_http_server_hostile_requests(bundle_of):
         srv.shutdown()
         srv.server_close()
         rt.close()
+
+
+def test_http_server_api_key_and_open_binding(bundle_of):
+    from edgeprompt.core.errors import RequestError
+    from edgeprompt.runtimes import open_bundle
+    from edgeprompt.runtimes.server import make_server
+
+    rt = open_bundle(bundle_of("gguf", "f32"), threads=1)
+    try:
+        with pytest.raises(RequestError, match="--api-key"):
+            make_server(rt, "0.0.0.0", 0)  # the whole network, no key: refused unless asked
+        with pytest.raises(RequestError, match="16 characters"):
+            make_server(rt, "127.0.0.1", 0, api_key="short")
+        key = "k" * 24
+        srv = make_server(rt, "127.0.0.1", 0, api_key=key)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        base = f"http://127.0.0.1:{srv.server_address[1]}"
+
+        def call(path, headers=None, body=None):
+            req = urllib.request.Request(base + path, data=body, headers=headers or {})
+            try:
+                with urllib.request.urlopen(req, timeout=30) as r:
+                    return r.status, json.loads(r.read())
+            except urllib.error.HTTPError as e:
+                return e.code, json.loads(e.read())
+
+        try:
+            assert call("/health")[0] == 200  # liveness stays open
+            body = json.dumps({"task": "pt", "text": "nice"}).encode()
+            for headers in ({}, {"Authorization": "Bearer " + "k" * 23 + "x"}, {"Authorization": key}):
+                status, got = call("/classify", headers, body)
+                assert status == 401 and "API key" in got["error"]
+            assert call("/tasks", {"Authorization": "Bearer wrong"})[0] == 401
+            status, got = call("/classify", {"Authorization": f"Bearer {key}"}, body)
+            assert status == 200 and got["label"] in ("negative", "positive")
+        finally:
+            srv.shutdown()
+            srv.server_close()
+        make_server(rt, "0.0.0.0", 0, allow_open=True).server_close()  # said explicitly: allowed
+    finally:
+        rt.close()

@@ -44,6 +44,23 @@ def check_task_name(name: str) -> str:
     return name
 
 
+def read_task_folder(path: Path, where: str = "") -> "BankTask":
+    """A task folder (``manifest.json`` + ``prefix.safetensors``), its name, format, version and keys checked;
+    its tensors are checked when read (:meth:`BankTask.tensors`) or added to a runtime. Reads only."""
+    path = Path(path)
+    name = check_task_name(path.name)
+    if not (path / TASK_MANIFEST_FILE).is_file():
+        raise BankError(f"{path} is not a task folder (no {TASK_MANIFEST_FILE}).")
+    m = read_json(path / TASK_MANIFEST_FILE, f"manifest of task {name!r}")
+    if not isinstance(m, dict) or m.get(TaskKeys.FORMAT) != TASK_FORMAT:
+        raise BankError(f"{path / TASK_MANIFEST_FILE} is not an edgeprompt task manifest.")
+    check_version(m.get(TaskKeys.VERSION), TASK_VERSION, f"task {name!r}" + (f" in {where}" if where else ""))
+    missing = [k for k in _REQUIRED_TASK_KEYS if k not in m]
+    if missing:
+        raise BankError(f"{path / TASK_MANIFEST_FILE} lacks {missing}; the task is damaged: remove it and train or import it again.")
+    return BankTask(name, path, m)
+
+
 @dataclass
 class BankTask:
     """One task of a bank: its manifest, and its tensors read on demand."""
@@ -150,14 +167,7 @@ class PromptBank:
         if not path.is_dir():
             known = self.names()
             raise BankError(f"no task {name!r} in bank {self.root}; tasks: {', '.join(known) if known else '(none)'}.")
-        m = read_json(path / TASK_MANIFEST_FILE, f"manifest of task {name!r}")
-        if not isinstance(m, dict) or m.get(TaskKeys.FORMAT) != TASK_FORMAT:
-            raise BankError(f"{path / TASK_MANIFEST_FILE} is not an edgeprompt task manifest.")
-        check_version(m.get(TaskKeys.VERSION), TASK_VERSION, f"task {name!r} in bank {self.root}")
-        missing = [k for k in _REQUIRED_TASK_KEYS if k not in m]
-        if missing:
-            raise BankError(f"{path / TASK_MANIFEST_FILE} lacks {missing}; the task is damaged: remove it and train or import it again.")
-        return BankTask(name, path, m)
+        return read_task_folder(path, where=f"bank {self.root}")
 
     def add(
         self,
