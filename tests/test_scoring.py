@@ -130,3 +130,30 @@ def test_eval_and_the_runtime_agree_example_by_example_on_texts_longer_than_the_
     assert (ours.argmax(1)[sure] == dev.argmax(1)[sure]).all()
     # the check can fail: the training cut scores other inputs than the device sees
     assert np.abs(cut - dev).max() > 10 * tol
+
+
+def test_many_multi_token_labels_are_scored_in_bounded_forwards(tiny_lm, monkeypatch):
+    """Each example runs once per label: the forward's batch is capped in sequences, and the scores do not
+    depend on the cap (the same numbers with 3 sequences per forward as with everything at once)."""
+    import edgeprompt.train.scoring as scoring
+
+    spec = _spec(tiny_lm, "multi")
+    enc = Encoder(tiny_lm, spec, 64)
+    exs = [Example(f"the movie was great {i}", "abc"[i % 3]) for i in range(7)]
+    seen = []
+    real = scoring.text_hidden
+
+    def spy(lm, kv, ids, mask):
+        seen.append(ids.shape[0])
+        return real(lm, kv, ids, mask)
+
+    monkeypatch.setattr(scoring, "text_hidden", spy)
+    with torch.no_grad():
+        kv = _kv(tiny_lm)
+        whole = label_logprobs(tiny_lm, kv, enc, exs, batch_size=32)
+        assert max(seen) == 7 * 3  # under the cap: one forward
+        seen.clear()
+        monkeypatch.setattr(scoring, "MAX_SEQUENCES_PER_FORWARD", 3)
+        capped = label_logprobs(tiny_lm, kv, enc, exs, batch_size=32)
+    assert max(seen) <= 3 and len(seen) == 7
+    np.testing.assert_allclose(capped, whole, atol=1e-5)  # batching changes padding only

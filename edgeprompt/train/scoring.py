@@ -24,6 +24,11 @@ def instruction_kv(lm: FrozenLM, spec: TaskSpec) -> KV | None:
         return kv_from_embeddings(lm, lm.embeddings[ids])
 
 
+#: Multi-token verbalizers run each example once per label: at most this many sequences go through one
+#: forward, however many labels (a task with hundreds of labels must not allocate gigabytes at once).
+MAX_SEQUENCES_PER_FORWARD = 256
+
+
 @torch.no_grad()
 def label_logprobs(lm: FrozenLM, kv: KV | None, enc: Encoder, examples: list[Example], batch_size: int = 32) -> np.ndarray:
     """``[N, K]`` log p(verbalizer_k | prefix, input) summed over the verbalizer's tokens."""
@@ -32,6 +37,8 @@ def label_logprobs(lm: FrozenLM, kv: KV | None, enc: Encoder, examples: list[Exa
     out = np.zeros((len(examples), K), dtype=np.float64)
     single = all(len(v) == 1 for v in verbs)
     first = torch.tensor([v[0] for v in verbs])
+    if not single:  # each example runs once per label: bound the sequences in one forward, not the examples
+        batch_size = max(1, min(batch_size, MAX_SEQUENCES_PER_FORWARD // K))
     # Batches of similar length waste less compute on padding; rows go back to input order.
     order = sorted(range(len(examples)), key=lambda i: len(enc.input_ids(examples[i].text)))
     for s in range(0, len(examples), batch_size):
