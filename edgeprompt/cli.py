@@ -719,7 +719,7 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--steps", type=int, help="training steps per task (default: the training default, 200)")
     dm.set_defaults(func=cmd_demo)
 
-    sv = _subcommand(sub, "serve", help="serve a bundle over HTTP JSON (/classify, /generate, /tasks, /health), one task per request")
+    sv = _subcommand(sub, "serve", help="serve a bundle over HTTP JSON (/classify, /generate, /tasks, /health) and Prometheus /metrics, one task per request")
     _add_runtime(sv)
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 for the network)")
     sv.add_argument("--port", type=int, default=8080)

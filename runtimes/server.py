@@ -4,6 +4,8 @@ Endpoints (JSON in, JSON out; every request names its ``task``, ``null`` = the p
 
     GET  /health                      {"ok": true, "backend": ..., "quant": ...}
     GET  /tasks                       {"tasks": [{"name", "method", "kind", "labels"}], "cache": {...}}
+    GET  /metrics                     Prometheus text: requests by endpoint and status, latency histograms,
+                                      the prefix cache, connections served and refused
     POST /classify  {"task", "text", "truncate"?}          -> {"label", "probabilities", "logprobs"}
     POST /generate  {"task", "text", "max_new_tokens"?, "temperature"?, "top_k"?, "top_p"?,
                      "seed"?, "stop"?, "stream"?, "truncate"?}
@@ -23,6 +25,7 @@ from __future__ import annotations
 import hmac
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -36,8 +39,70 @@ BACKLOG = 128  # connections the OS queues before accept (the standard library's
 _GEN_FIELDS = ("max_new_tokens", "temperature", "top_k", "top_p", "seed")  # checked by Runtime.generate
 
 
-def _handler(rt: Runtime, api_key: str | None = None):
+ENDPOINTS = ("/health", "/tasks", "/metrics", "/classify", "/generate")
+
+
+class _Metrics:
+    """Counters for ``GET /metrics`` (Prometheus text format 0.0.4). Latency is the time to the status line:
+    for a stream, its start."""
+
+    BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.requests: dict[tuple[str, str, int], int] = {}
+        self.hist: dict[str, list[float]] = {}  # endpoint -> bucket counts + [sum, count]
+        self.active = 0
+        self.refused = 0
+
+    def observe(self, method: str, path: str, status: int, seconds: float) -> None:
+        ep = path if path in ENDPOINTS else "other"
+        with self.lock:
+            k = (method, ep, status)
+            self.requests[k] = self.requests.get(k, 0) + 1
+            h = self.hist.setdefault(ep, [0.0] * (len(self.BUCKETS) + 2))
+            for i, b in enumerate(self.BUCKETS):
+                if seconds <= b:
+                    h[i] += 1
+            h[-2] += seconds
+            h[-1] += 1
+
+    def render(self, rt: Runtime) -> str:
+        out = [
+            "# HELP edgeprompt_requests_total Requests answered, by method, endpoint and status.",
+            "# TYPE edgeprompt_requests_total counter",
+        ]
+        with self.lock:
+            out += [f'edgeprompt_requests_total{{method="{m}",endpoint="{e}",status="{st}"}} {n}' for (m, e, st), n in sorted(self.requests.items())]
+            out += ["# HELP edgeprompt_request_seconds Time to the status line.", "# TYPE edgeprompt_request_seconds histogram"]
+            for ep, h in sorted(self.hist.items()):
+                out += [f'edgeprompt_request_seconds_bucket{{endpoint="{ep}",le="{b:g}"}} {int(h[i])}' for i, b in enumerate(self.BUCKETS)]
+                out += [f'edgeprompt_request_seconds_bucket{{endpoint="{ep}",le="+Inf"}} {int(h[-1])}']
+                out += [f'edgeprompt_request_seconds_sum{{endpoint="{ep}"}} {h[-2]:.6f}', f'edgeprompt_request_seconds_count{{endpoint="{ep}"}} {int(h[-1])}']
+            active, refused = self.active, self.refused
+        s = rt.cache.stats
+        out += [
+            "# TYPE edgeprompt_connections_active gauge",
+            f"edgeprompt_connections_active {active}",
+            "# TYPE edgeprompt_connections_refused_total counter",
+            f"edgeprompt_connections_refused_total {refused}",
+            "# TYPE edgeprompt_prefix_cache_hits_total counter",
+            f"edgeprompt_prefix_cache_hits_total {s.hits}",
+            "# TYPE edgeprompt_prefix_cache_misses_total counter",
+            f"edgeprompt_prefix_cache_misses_total {s.misses}",
+            "# TYPE edgeprompt_prefix_cache_evictions_total counter",
+            f"edgeprompt_prefix_cache_evictions_total {s.evictions}",
+            "# TYPE edgeprompt_prefix_cache_bytes gauge",
+            f"edgeprompt_prefix_cache_bytes {s.bytes}",
+            "# TYPE edgeprompt_tasks gauge",
+            f"edgeprompt_tasks {len(rt.tasks)}",
+        ]
+        return "\n".join(out) + "\n"
+
+
+def _handler(rt: Runtime, api_key: str | None = None, metrics: _Metrics | None = None):
     want = f"Bearer {api_key}".encode() if api_key else None
+    metrics = metrics or _Metrics()
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "edgeprompt"
@@ -46,6 +111,16 @@ def _handler(rt: Runtime, api_key: str | None = None):
 
         def log_message(self, fmt, *args):  # quiet by default
             pass
+
+        def send_response(self, code, message=None):
+            t0 = getattr(self, "_t0", None)
+            if t0 is not None:
+                metrics.observe(self.command or "?", (self.path or "").split("?")[0], code, time.perf_counter() - t0)
+            super().send_response(code, message)
+
+        def parse_request(self):
+            self._t0 = time.perf_counter()
+            return super().parse_request()
 
         def _send(self, status: int, obj: Any) -> None:
             body = json.dumps(obj).encode()
@@ -118,12 +193,19 @@ def _handler(rt: Runtime, api_key: str | None = None):
                 return
             if self.path == "/health":
                 self._send(200, {"ok": True, "backend": rt.backend.name, "quant": rt.bundle.quant})
+            elif self.path == "/metrics":
+                body = metrics.render(rt).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
             elif self.path == "/tasks":
                 tasks = [rt.task_info(name) for name in rt.tasks]
                 s = rt.cache.stats
                 self._send(200, {"tasks": tasks, "cache": {"hits": s.hits, "misses": s.misses, "entries": s.entries, "bytes": s.bytes}})
             else:
-                self._send(404, {"error": f"no endpoint GET {self.path}; try /health, /tasks, POST /classify, POST /generate."})
+                self._send(404, {"error": f"no endpoint GET {self.path}; try /health, /tasks, /metrics, POST /classify, POST /generate."})
 
         def _unsupported(self):
             try:
@@ -205,12 +287,15 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = BACKLOG
 
-    def __init__(self, addr, handler, max_connections: int = MAX_CONNECTIONS):
+    def __init__(self, addr, handler, max_connections: int = MAX_CONNECTIONS, metrics: _Metrics | None = None):
         self._slots = threading.BoundedSemaphore(max_connections)
+        self.metrics = metrics or _Metrics()
         super().__init__(addr, handler)
 
     def process_request(self, request, client_address):
         if not self._slots.acquire(blocking=False):
+            with self.metrics.lock:
+                self.metrics.refused += 1
             body = json.dumps({"error": "the server is busy; retry shortly."}).encode()
             head = f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
             try:
@@ -219,17 +304,24 @@ class _Server(ThreadingHTTPServer):
                 pass
             self.shutdown_request(request)
             return
+        with self.metrics.lock:
+            self.metrics.active += 1
         try:
             super().process_request(request, client_address)
         except BaseException:
-            self._slots.release()
+            self._release()
             raise
+
+    def _release(self) -> None:
+        with self.metrics.lock:
+            self.metrics.active -= 1
+        self._slots.release()
 
     def process_request_thread(self, request, client_address):
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._slots.release()
+            self._release()
 
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
@@ -250,4 +342,5 @@ def make_server(
         )
     if api_key is not None and len(api_key) < 16:
         raise RequestError("--api-key must be at least 16 characters.")
-    return _Server((host, port), _handler(rt, api_key), max_connections=max_connections)
+    metrics = _Metrics()
+    return _Server((host, port), _handler(rt, api_key, metrics), max_connections=max_connections, metrics=metrics)

@@ -511,6 +511,17 @@ def test_http_server_hostile_requests(bundle_of):
             h.close()
         time.sleep(0.3)
         assert json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10).read())["ok"]
+        # /metrics counts what was answered (Prometheus text), the refused connection and the cache
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        metric = lambda name: {ln.rsplit(" ", 1)[0]: float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines() if ln.startswith(name)}  # noqa: E731
+        reqs = metric("edgeprompt_requests_total")
+        assert reqs['edgeprompt_requests_total{method="POST",endpoint="/generate",status="400"}'] == 18  # the 9 bad settings, streamed or not
+        assert reqs['edgeprompt_requests_total{method="POST",endpoint="/generate",status="200"}'] == 1
+        assert reqs['edgeprompt_requests_total{method="POST",endpoint="other",status="404"}'] == 1
+        hist = metric("edgeprompt_request_seconds_count")
+        assert hist['edgeprompt_request_seconds_count{endpoint="/generate"}'] == 19
+        assert metric("edgeprompt_connections_refused_total")["edgeprompt_connections_refused_total"] == 1
+        assert metric("edgeprompt_prefix_cache_misses_total")["edgeprompt_prefix_cache_misses_total"] >= 1
     finally:
         srv.shutdown()
         srv.server_close()
