@@ -493,7 +493,8 @@ def _calibrate(args) -> int:
         from edgeprompt.profile.bundle_profile import text_ids
         from edgeprompt.runtimes.runtime import open_bundle
 
-        with open_bundle(args.bundles[0]) as rt:
+        T = max(threads)
+        with open_bundle(args.bundles[0], threads=T) as rt:
             n_params = rt.backend.memory().get("n_params")
             read = read_rate_bps(rt.bundle.model_file)
             if n_params:
@@ -504,7 +505,7 @@ def _calibrate(args) -> int:
                     rt.logits(None, rt.decode(ids))
                     dt = time.perf_counter() - t
                     best = dt if best is None else min(best, dt)
-                cal = {"threads": rt.backend.engine.threads if hasattr(rt.backend, "engine") else threads[-1], "G_flops": 2 * n_params * len(ids) / best}
+                cal = {"threads": T, "G_flops": 2 * n_params * len(ids) / best}
     prof = devices.calibrated(args.name or "this-device", env, bw, cal, read)
     out = Path(args.out or f"{prof['name']}.json")
     atomic_write_bytes(out, json.dumps(prof, indent=1).encode())

@@ -35,23 +35,22 @@ from edgeprompt.profile.stats import summarize
 @dataclass(frozen=True)
 class Arm:
     name: str
-    title: str
+    title: str  # for people: the report's arms table
     kind: PrefixKind | None  # the method kind it needs (None: no task method)
-    cold: bool  # its prefix work happens on every request
 
 
 ARMS: dict[str, Arm] = {
     a.name: a
     for a in (
-        Arm("plain", "plain model", None, False),
-        Arm("hard_prompt", "hard prompt (instruction as text)", None, True),
-        Arm("prompt_cold", "prompt tuning, cold (prefill of P rows)", PrefixKind.EMBEDDINGS, True),
-        Arm("prompt_disk", "prompt tuning, cold from a prefix file", PrefixKind.EMBEDDINGS, True),
-        Arm("prompt_warm", "prompt tuning, warm (cached)", PrefixKind.EMBEDDINGS, False),
-        Arm("virtual_tokens", "prompt tuning as virtual tokens, stock llama.cpp", PrefixKind.EMBEDDINGS, True),
-        Arm("shipped_kv", "prompt tuning, shipped KV (--with-kv)", PrefixKind.EMBEDDINGS, True),
-        Arm("prefix_cold", "prefix tuning, cold (KV read into the backend)", PrefixKind.KV, True),
-        Arm("prefix_warm", "prefix tuning, warm (cached)", PrefixKind.KV, False),
+        Arm("plain", "plain model", None),
+        Arm("hard_prompt", "hard prompt (instruction as text)", None),
+        Arm("prompt_cold", "prompt tuning, cold (prefill of P rows)", PrefixKind.EMBEDDINGS),
+        Arm("prompt_disk", "prompt tuning, cold from a prefix file", PrefixKind.EMBEDDINGS),
+        Arm("prompt_warm", "prompt tuning, warm (cached)", PrefixKind.EMBEDDINGS),
+        Arm("virtual_tokens", "prompt tuning as virtual tokens, stock llama.cpp", PrefixKind.EMBEDDINGS),
+        Arm("shipped_kv", "prompt tuning, shipped KV (--with-kv)", PrefixKind.EMBEDDINGS),
+        Arm("prefix_cold", "prefix tuning, cold (KV read into the backend)", PrefixKind.KV),
+        Arm("prefix_warm", "prefix tuning, warm (cached)", PrefixKind.KV),
     )
 }
 

@@ -90,8 +90,7 @@ class BundleProfiler:
         if arm == "plain":
             return measure(lambda: run_request(be, None, ids, decode, V), reps, cfg.warmup)
         if arm == "hard_prompt":
-            spec = e.spec if e else SYNTHETIC_SPEC
-            pre = rt.encode(spec.instruction or SYNTHETIC_INSTRUCTION)
+            pre = self.hard_prompt_ids(e)
             return measure(lambda: run_request(be, None, ids, decode, V, pre_ids=pre), reps, cfg.warmup)
         if arm in ("prompt_warm", "prefix_warm"):
             p = rt.prefix(task)  # computed once, cached
@@ -122,6 +121,11 @@ class BundleProfiler:
         if arm == "prefix_cold":
             return cold(lambda: rt.store.compute_prefix(e))  # read (sha256 checked), shape-checked, into the backend
         raise KeyError(arm)
+
+    def hard_prompt_ids(self, e) -> list[int]:
+        """The hard-prompt arm's prefix: the task's instruction as text (a synthetic one without a task)."""
+        spec = e.spec if e else SYNTHETIC_SPEC
+        return self.rt.encode(spec.instruction or SYNTHETIC_INSTRUCTION)
 
     def virtual_tokens(self, task: str, ids: list[int], decode: int) -> dict | None:
         vt = (self.rt.bundle.model.get(ModelKeys.VIRTUAL_TOKENS) or {}).get(task)
@@ -159,6 +163,8 @@ class BundleProfiler:
                 rec = {"task": task, "synthetic": synthetic, "text_tokens": len(ids), "decode_tokens": cfg.decode}
                 if task:
                     rec["P"] = self.rt.store.get(task).num_virtual_tokens
+                if name == "hard_prompt":
+                    rec["hard_prompt_tokens"] = len(self.hard_prompt_ids(self.rt.store.get(task) if task else None))
                 if r is None:
                     rec["skipped"] = why
                 else:

@@ -149,8 +149,9 @@ def bank_bundle(plain: Path, method: str, n: int, P: int, out: Path, seed: int =
         }
     bank_json = out / BUNDLE_BANK_DIR / "bank.json"
     files[f"{BUNDLE_BANK_DIR}/bank.json"] = {"sha256": file_sha256(bank_json), "bytes": bank_json.stat().st_size}
-    for lock in (out / BUNDLE_BANK_DIR).rglob(".*"):
-        lock.unlink() if lock.is_file() else None
+    for lock in (out / BUNDLE_BANK_DIR).rglob(".*"):  # the bank's lock files: not bundle files
+        if lock.is_file():
+            lock.unlink()
     manifest[BundleKeys.TASKS] = tasks
     manifest[BundleKeys.FILES] = files
     manifest.pop(BundleKeys.PARITY, None)

@@ -181,10 +181,8 @@ def check(model: CostModel, bp: dict, bank: list[dict] | None) -> list[dict]:
             add("decode_tok_s", arm, r["decode_tok_s"], 1 / model.token_s(ctx), calibration=(arm == "plain"))
     for row in bp.get("text_sweep", []):
         n = row["text_tokens"]
-        s = row["plain"]["prefill_s"]["median"]
         is_cal = n in (cal.get("prefill_short") or [None])[:1] or n in (cal.get("prefill_long") or [None])[:1]
         add("ttft_s", f"plain, {n} text tokens", row["plain"]["ttft_s"]["median"], model.prefill_s(n), calibration=is_cal)
-        del s
         for arm in ("prompt_warm", "prefix_warm"):
             if arm in row:
                 r = row[arm]
@@ -269,7 +267,7 @@ def project(model: CostModel, device: dict, facts: dict) -> dict:
     """This bundle's figures on a device: byte terms at its bandwidth and storage, fixed CPU costs scaled by its
     compute against this machine's (``speed = G_device / G``; 1 when the profile has no compute figure).
 
-    ``facts``: ``W, k, N, P, text, prompt_prefix_bytes, kv_file_bytes, kv_prefix_bytes, prompt_file_bytes``.
+    ``facts``: ``W, k, N, P, text, prompt_prefix_bytes, kv_file_bytes, kv_prefix_bytes``.
     """
     cores = int(device["cores"]["value"])
     t = min(cores, 4)

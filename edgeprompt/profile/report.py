@@ -12,6 +12,7 @@ from pathlib import Path
 
 from edgeprompt.core.files import atomic_write_bytes
 from edgeprompt.profile import svg
+from edgeprompt.profile.arms import ARMS
 
 RESULTS_SCHEMA = "edgeprompt.profile"
 RESULTS_VERSION = 1
@@ -239,12 +240,14 @@ def markdown(res: dict, plot_names: list[str] | None = None) -> str:
         for name, recs in bp.get("arms", {}).items():
             for r in recs:
                 if "skipped" in r:
-                    rows.append([name, r.get("task") or "-", "", "skipped: " + r["skipped"], "", "", "", "", ""])
+                    rows.append(
+                        [f"{name}: {ARMS[name].title}" if name in ARMS else name, r.get("task") or "-", "", "skipped: " + r["skipped"], "", "", "", "", ""]
+                    )
                     continue
                 t = r.get("token_s", {})
                 rows.append(
                     [
-                        name,
+                        f"{name}: {ARMS[name].title}" if name in ARMS else name,
                         (r.get("task") or "-") + (" (synthetic)" if r.get("synthetic") else ""),
                         r.get("P", "-"),
                         _ms(_med(r, "prefix_s")),

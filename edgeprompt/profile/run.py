@@ -200,9 +200,6 @@ def _profile_one(path: Path, cfg: ProfileConfig, scratch: Path, bp: dict, log, s
             real[rt.store.get(name).method.prefix_kind.value].append((name, False))
         pool = {k: (v or [(synth[(k, cfg.P_main)], True)]) for k, v in real.items()}
         bp["arms"] = prof.arms(pool)
-        for r in bp["arms"].get("hard_prompt", []):
-            spec = rt.store.get(r["task"]).spec if r.get("task") else None
-            r["hard_prompt_tokens"] = len(rt.encode(spec.instruction if spec and spec.instruction else "x")) if spec else 0
         save()
         bp["p_sweep"] = prof.p_sweep(synth)
         save()
@@ -353,7 +350,6 @@ def _facts(bp: dict) -> dict:
         "P": bp["P_main"],
         "text": bp["text_main"],
         "prompt_prefix_bytes": pe.get("prefix_resident", 0),
-        "prompt_file_bytes": pe.get("tensors_file", 0),
         "kv_prefix_bytes": kv.get("prefix_resident", 0),
         "kv_file_bytes": kv.get("tensors_file", 0),
     }
