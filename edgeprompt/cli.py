@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -391,24 +392,36 @@ def cmd_verify(args) -> int:
     return 0 if ok else 1
 
 
-def cmd_serve(args) -> int:
-    from edgeprompt.runtimes.server import make_server
+def _interrupt(*_) -> None:
+    raise KeyboardInterrupt
 
+
+def cmd_serve(args) -> int:
+    from edgeprompt.runtimes.server import Limits, make_server
+
+    limits = Limits(**{f: getattr(args, f) for f in Limits.__dataclass_fields__}).check()  # before the model loads
     rt = _open_runtime(args)
     key = args.api_key or os.environ.get("EDGEPROMPT_API_KEY") or None
     try:
-        srv = make_server(rt, args.host, args.port, api_key=key, allow_open=args.no_api_key)
+        srv = make_server(rt, args.host, args.port, limits=limits, api_key=key, allow_open=args.no_api_key)
     except EdgePromptError:
         rt.close()
         raise
-    host, port = srv.server_address[:2]
-    print(f"edgeprompt serving {args.bundle} ({rt.backend.name}, {len(rt.tasks)} tasks) on http://{host}:{port}", file=sys.stderr, flush=True)
+    signal.signal(signal.SIGTERM, _interrupt)  # stop as Ctrl-C does: requests in flight finish
     try:
-        srv.serve_forever()
+        srv.start()
+        host, port = srv.server_address
+        print(
+            f"edgeprompt serving {args.bundle} ({rt.backend.name}, {len(rt.tasks)} tasks) on http://{host}:{port} "
+            f"(OpenAI-compatible base_url http://{host}:{port}/v1)",
+            file=sys.stderr,
+            flush=True,
+        )
+        srv.wait()
     except KeyboardInterrupt:
         pass
     finally:
-        srv.server_close()
+        srv.shutdown()
         rt.close()
     return 0
 
@@ -720,12 +733,31 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--steps", type=int, help="training steps per task (default: the training default, 200)")
     dm.set_defaults(func=cmd_demo)
 
-    sv = _subcommand(sub, "serve", help="serve a bundle over HTTP JSON (/classify, /generate, /tasks, /health) and Prometheus /metrics, one task per request")
+    sv = _subcommand(
+        sub,
+        "serve",
+        help="serve a bundle over HTTP: OpenAI-compatible /v1 (a task is a model), native /classify and /generate, Prometheus /metrics",
+    )
     _add_runtime(sv)
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 for the network)")
     sv.add_argument("--port", type=int, default=8080)
     sv.add_argument("--api-key", help="require Authorization: Bearer KEY on every endpoint but /health (or $EDGEPROMPT_API_KEY; 16+ characters)")
     sv.add_argument("--no-api-key", action="store_true", help="allow serving a non-loopback --host without a key (a trusted network only)")
+    from edgeprompt.runtimes.server import Limits
+
+    lim = Limits()
+    for flag, kind, text in (
+        ("max_body", int, "bytes of JSON per request"),
+        ("body_timeout", float, "seconds a client may take to send its body (then 408)"),
+        ("max_new_tokens", int, "tokens a request may generate"),
+        ("concurrency", int, "requests computing at once (llama.cpp runs one at a time)"),
+        ("queue", int, "requests waiting for a turn; more get 503 with Retry-After"),
+        ("queue_timeout", float, "seconds a request may wait for its turn (then 503)"),
+        ("request_timeout", float, "seconds of compute per request (then 504)"),
+        ("idle_timeout", float, "seconds a kept-alive connection may stay idle"),
+        ("max_connections", int, "connections open at once"),
+    ):
+        sv.add_argument("--" + flag.replace("_", "-"), dest=flag, type=kind, default=getattr(lim, flag), help=f"{text} (default {getattr(lim, flag):g})")
     sv.set_defaults(func=cmd_serve)
 
     m = _subcommand(sub, "models", help="list base models, or convert a GGUF to a cached transformers folder")

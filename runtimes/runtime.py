@@ -55,6 +55,32 @@ class Classification:
         return {"label": self.label, "probabilities": self.probabilities, "logprobs": self.logprobs}
 
 
+class Generation:
+    """What :meth:`Runtime.generate` returns with ``stream=True``: an iterator of text pieces that keeps count.
+
+    ``prompt_tokens``: the input's tokens (after the template; the prefix's P not counted);
+    ``completion_tokens``: tokens decoded so far; ``finish_reason``: ``None`` while running, then ``"stop"``
+    (EOS or a stop string) or ``"length"`` (``max_new_tokens`` reached), as OpenAI's API names them.
+    """
+
+    def __init__(self, prompt_tokens: int):
+        self.prompt_tokens = prompt_tokens
+        self.completion_tokens = 0
+        self.finish_reason: str | None = None
+        self._it: Iterator[str] = iter(())
+
+    def __iter__(self) -> "Generation":
+        return self
+
+    def __next__(self) -> str:
+        return next(self._it)
+
+    def close(self) -> None:
+        close = getattr(self._it, "close", None)
+        if close is not None:
+            close()
+
+
 class Runtime:
     """See the module docstring. Made by :func:`open_bundle`."""
 
@@ -182,7 +208,8 @@ class Runtime:
         stream: bool = True,
         truncate: bool = False,
     ):
-        """Decode after the (templated) text. ``stream=True``: an iterator of text pieces; else the text.
+        """Decode after the (templated) text. ``stream=True``: a :class:`Generation` (an iterator of text
+        pieces that counts tokens); else the text.
 
         Greedy when ``temperature == 0``. Stops at EOS, at ``max_new_tokens`` or at a ``stop`` string.
         """
@@ -190,10 +217,11 @@ class Runtime:
         # checked now, not at the first next(): an unknown task or a too-long text fails the call
         ids = self.input_ids(task, text, reserve=max_new_tokens, truncate=truncate)
         prefix = self.prefix(task)
-        it = self._generate(ids, prefix, max_new_tokens, temperature, top_k, top_p, seed, stop)
-        return it if stream else "".join(it)
+        g = Generation(len(ids))
+        g._it = self._generate(ids, prefix, max_new_tokens, temperature, top_k, top_p, seed, stop, g)
+        return g if stream else "".join(g)
 
-    def _generate(self, ids, prefix, max_new_tokens, temperature, top_k, top_p, seed, stop) -> Iterator[str]:
+    def _generate(self, ids, prefix, max_new_tokens, temperature, top_k, top_p, seed, stop, g: Generation) -> Iterator[str]:
         rng = np.random.default_rng(seed)
         out: list[int] = []
         emitted = ""  # text already yielded
@@ -203,8 +231,10 @@ class Runtime:
             for step in range(max_new_tokens):
                 tok = sample(logits[: self.vocab_size], temperature, top_k, top_p, rng)
                 if self.eos_token_id is not None and tok == self.eos_token_id:
+                    g.finish_reason = "stop"
                     break
                 out.append(tok)
+                g.completion_tokens = len(out)
                 full = self.decode(out)
                 last = step == max_new_tokens - 1
                 if full.endswith("\ufffd") and not last:  # an incomplete UTF-8 sequence: wait for the next token
@@ -212,6 +242,7 @@ class Runtime:
                     continue
                 cut = min((i for i in (full.find(x, max(0, len(emitted) - hold)) for x in stop) if i >= 0), default=-1)
                 if cut >= 0:
+                    g.finish_reason = "stop"
                     if cut > len(emitted):
                         yield full[len(emitted) : cut]
                     return
@@ -220,6 +251,7 @@ class Runtime:
                     yield full[len(emitted) : safe]
                     emitted = full[:safe]
                 if last:
+                    g.finish_reason = "length"
                     break
                 logits = seq.feed_ids([tok])
             full = self.decode(out)

@@ -1,62 +1,129 @@
-"""``edgeprompt serve``: a small HTTP JSON server over one :class:`Runtime` (standard library only).
+"""``edgeprompt serve``: one :class:`Runtime` over HTTP, OpenAI-compatible and native (the ``serve`` extra).
 
-Endpoints (JSON in, JSON out; every request names its ``task``, ``null`` = the plain model)::
+A Starlette app run by uvicorn (as llama-cpp-python's server is). A task is a model: ``/v1/models`` lists
+the bundle's tasks and the plain model, and a request's ``model`` picks one.
 
-    GET  /health                      {"ok": true, "backend": ..., "quant": ...}
-    GET  /tasks                       {"tasks": [{"name", "method", "kind", "labels"}], "cache": {...}}
-    GET  /metrics                     Prometheus text: requests by endpoint and status, latency histograms,
-                                      the prefix cache, connections served and refused
+OpenAI-compatible (errors in OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``)::
+
+    GET  /v1/models
+    POST /v1/completions       {"model", "prompt", "max_tokens"?, "temperature"?, "top_p"?, "stop"?, "seed"?,
+                                "stream"?, "stream_options"?}   (SSE with "stream": true, ending "data: [DONE]")
+    POST /v1/chat/completions  {"model", "messages", ...}: the plain model renders the messages with the
+                                tokenizer's chat template; a task takes the last user message as its text
+
+    A classification task answers with its label (scored over the labels, not sampled); the choice also
+    carries ``"probabilities"``. OpenAI's defaults apply (``max_tokens`` 16, ``temperature`` 1).
+
+Native (errors ``{"error": message}``; ``task`` null = the plain model)::
+
+    GET  /health                      {"ok": true, "backend": ..., "quant": ...}   (open without the API key)
+    GET  /tasks                       {"tasks": [{"name", "method", "kind", "labels", ...}], "cache": {...}}
+    GET  /metrics                     Prometheus text: requests by endpoint and status, latency, the queue, the cache
     POST /classify  {"task", "text", "truncate"?}          -> {"label", "probabilities", "logprobs"}
-    POST /generate  {"task", "text", "max_new_tokens"?, "temperature"?, "top_k"?, "top_p"?,
-                     "seed"?, "stop"?, "stream"?, "truncate"?}
-                    -> {"text"}; with "stream": true, newline-delimited JSON {"piece": ...} lines
-                       then {"done": true}
+    POST /generate  {"task", "text", "max_new_tokens"?, "temperature"?, "top_k"?, "top_p"?, "seed"?, "stop"?,
+                     "stream"?, "truncate"?}  -> {"text"}; streamed: NDJSON {"piece"} lines, then {"done": true}
 
-Bad requests get status 400 and ``{"error": message}``; every other error too is JSON (404, 405, 411, 413,
-414, 503), never HTML. Every request's body is read (or the connection closed), so a body can never be
-parsed as the next request; chunked bodies are refused (411). At most ``max_connections`` connections are
-served at once (one thread each); beyond that a connection gets 503 with ``Retry-After`` at once.
-Bound to 127.0.0.1 unless told otherwise; another address needs an API key (``--api-key``: every endpoint but
-``/health`` then wants ``Authorization: Bearer KEY``) or an explicit ``--no-api-key``.
+Limits (:class:`Limits`, each a ``serve`` flag): body size and the time to send it; ``max_new_tokens``; the
+runtime's own limits on stop strings and sampling; ``concurrency`` requests computing at once per runtime
+(llama.cpp runs one sequence at a time) with ``queue`` more waiting at most ``queue_timeout`` seconds, and
+503 + ``Retry-After`` beyond; ``request_timeout`` seconds of compute (a request past it ends with 504, a stream
+with an error event); ``idle_timeout`` for a kept-alive connection; ``max_connections`` open at once. JSON
+bodies with NaN or Infinity are refused. Bound to 127.0.0.1 unless told otherwise; another address needs an
+API key (every endpoint but ``/health`` then wants ``Authorization: Bearer KEY``, compared in constant time)
+or an explicit ``allow_open``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
+import re
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Callable
 
+from edgeprompt.core.constants import TaskKind, TokenizerKeys
 from edgeprompt.core.errors import EdgePromptError, RequestError
-from edgeprompt.runtimes.runtime import Runtime
+from edgeprompt.runtimes.runtime import Generation, Runtime
 
-MAX_BODY = 1 << 20  # 1 MiB of JSON per request
-MAX_CONNECTIONS = 64  # served at once, a thread each; beyond it: 503
-BACKLOG = 128  # connections the OS queues before accept (the standard library's default is 5)
+try:
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response, StreamingResponse
+    from starlette.routing import Route
+except ImportError:  # the runtime extra alone has no HTTP stack
+    uvicorn = None
 
-_GEN_FIELDS = ("max_new_tokens", "temperature", "top_k", "top_p", "seed")  # checked by Runtime.generate
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
-ENDPOINTS = ("/health", "/tasks", "/metrics", "/classify", "/generate")
+@dataclass
+class Limits:
+    """What one client may ask of the server; every field is a ``serve`` flag of the same name."""
+
+    max_body: int = 1 << 20  # bytes of JSON per request
+    body_timeout: float = 30.0  # seconds to send the body
+    max_new_tokens: int = 1024  # per request (the context bounds it too)
+    concurrency: int = 1  # requests computing at once (llama.cpp: one context, one sequence at a time)
+    queue: int = 64  # requests waiting for a turn; beyond: 503 + Retry-After
+    queue_timeout: float = 60.0  # seconds a request may wait for its turn; then 503
+    request_timeout: float = 300.0  # seconds of compute per request; then 504 (a stream: an error event)
+    idle_timeout: float = 5.0  # seconds a kept-alive connection may stay idle
+    max_connections: int = 512  # open at once (uvicorn's limit; its 503 is plain text, so it sits above the queue)
+
+    def check(self) -> "Limits":
+        for name in ("max_body", "max_new_tokens", "concurrency", "max_connections"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise RequestError(f"--{name.replace('_', '-')} must be an integer of at least 1, got {v!r}.")
+        if isinstance(self.queue, bool) or not isinstance(self.queue, int) or self.queue < 0:
+            raise RequestError(f"--queue must be an integer of at least 0, got {self.queue!r}.")
+        for name in ("body_timeout", "queue_timeout", "request_timeout", "idle_timeout"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1e6:
+                raise RequestError(f"--{name.replace('_', '-')} must be a number of seconds in (0, 1e6), got {v!r}.")
+        return self
+
+
+class _HTTPError(Exception):
+    """An answer other than 200: its status, message and (for /v1) OpenAI's error type, param and code."""
+
+    TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error", 408: "invalid_request_error", 413: "invalid_request_error"}
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.param, self.code, self.headers = status, param, code, headers or {}
+
+    def body(self, openai: bool) -> dict:
+        if not openai:
+            return {"error": str(self)}
+        kind = self.TYPES.get(self.status, "server_error")
+        return {"error": {"message": str(self), "type": kind, "param": self.param, "code": self.code}}
+
+
+def _json(obj: Any, status: int = 200, headers: dict | None = None) -> "Response":
+    return Response(json.dumps(obj, allow_nan=False), status_code=status, media_type="application/json", headers=headers)
 
 
 class _Metrics:
-    """Counters for ``GET /metrics`` (Prometheus text format 0.0.4). Latency is the time to the status line:
-    for a stream, its start."""
+    """Counters for ``GET /metrics`` (Prometheus text format 0.0.4). Latency is the time to the response's
+    start: for a stream, its first byte."""
 
     BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
-    def __init__(self):
+    def __init__(self, endpoints: tuple[str, ...]):
+        self.endpoints = endpoints
         self.lock = threading.Lock()
         self.requests: dict[tuple[str, str, int], int] = {}
         self.hist: dict[str, list[float]] = {}  # endpoint -> bucket counts + [sum, count]
-        self.active = 0
-        self.refused = 0
 
     def observe(self, method: str, path: str, status: int, seconds: float) -> None:
-        ep = path if path in ENDPOINTS else "other"
+        ep = path if path in self.endpoints else "other"
         with self.lock:
             k = (method, ep, status)
             self.requests[k] = self.requests.get(k, 0) + 1
@@ -67,270 +134,567 @@ class _Metrics:
             h[-2] += seconds
             h[-1] += 1
 
-    def render(self, rt: Runtime) -> str:
+    def render(self, rt: Runtime, gate: "_Gate") -> str:
         out = [
             "# HELP edgeprompt_requests_total Requests answered, by method, endpoint and status.",
             "# TYPE edgeprompt_requests_total counter",
         ]
         with self.lock:
             out += [f'edgeprompt_requests_total{{method="{m}",endpoint="{e}",status="{st}"}} {n}' for (m, e, st), n in sorted(self.requests.items())]
-            out += ["# HELP edgeprompt_request_seconds Time to the status line.", "# TYPE edgeprompt_request_seconds histogram"]
+            out += ["# HELP edgeprompt_request_seconds Time to the response's start.", "# TYPE edgeprompt_request_seconds histogram"]
             for ep, h in sorted(self.hist.items()):
                 out += [f'edgeprompt_request_seconds_bucket{{endpoint="{ep}",le="{b:g}"}} {int(h[i])}' for i, b in enumerate(self.BUCKETS)]
                 out += [f'edgeprompt_request_seconds_bucket{{endpoint="{ep}",le="+Inf"}} {int(h[-1])}']
                 out += [f'edgeprompt_request_seconds_sum{{endpoint="{ep}"}} {h[-2]:.6f}', f'edgeprompt_request_seconds_count{{endpoint="{ep}"}} {int(h[-1])}']
-            active, refused = self.active, self.refused
         s = rt.cache.stats
-        out += [
-            "# TYPE edgeprompt_connections_active gauge",
-            f"edgeprompt_connections_active {active}",
-            "# TYPE edgeprompt_connections_refused_total counter",
-            f"edgeprompt_connections_refused_total {refused}",
-            "# TYPE edgeprompt_prefix_cache_hits_total counter",
-            f"edgeprompt_prefix_cache_hits_total {s.hits}",
-            "# TYPE edgeprompt_prefix_cache_misses_total counter",
-            f"edgeprompt_prefix_cache_misses_total {s.misses}",
-            "# TYPE edgeprompt_prefix_cache_evictions_total counter",
-            f"edgeprompt_prefix_cache_evictions_total {s.evictions}",
-            "# TYPE edgeprompt_prefix_cache_bytes gauge",
-            f"edgeprompt_prefix_cache_bytes {s.bytes}",
-            "# TYPE edgeprompt_tasks gauge",
-            f"edgeprompt_tasks {len(rt.tasks)}",
-        ]
+        gauges = (
+            ("requests_running", "gauge", gate.running),
+            ("requests_queued", "gauge", gate.waiting),
+            ("requests_rejected_total", "counter", gate.rejected),
+            ("prefix_cache_hits_total", "counter", s.hits),
+            ("prefix_cache_misses_total", "counter", s.misses),
+            ("prefix_cache_evictions_total", "counter", s.evictions),
+            ("prefix_cache_bytes", "gauge", s.bytes),
+            ("tasks", "gauge", len(rt.tasks)),
+        )
+        for name, kind, v in gauges:
+            out += [f"# TYPE edgeprompt_{name} {kind}", f"edgeprompt_{name} {v}"]
         return "\n".join(out) + "\n"
 
 
-def _handler(rt: Runtime, api_key: str | None = None, metrics: _Metrics | None = None):
-    want = f"Bearer {api_key}".encode() if api_key else None
-    metrics = metrics or _Metrics()
+class _Gate:
+    """At most ``concurrency`` requests compute at once; ``queue`` more wait (at most ``timeout`` seconds);
+    beyond that a request is refused at once with 503 and ``Retry-After``. Lives on the event loop's thread."""
 
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "edgeprompt"
-        protocol_version = "HTTP/1.1"
-        timeout = 60  # seconds a client may take to send a request
+    def __init__(self, concurrency: int, queue: int, timeout: float):
+        self.concurrency, self.capacity, self.timeout = concurrency, concurrency + queue, timeout
+        self._sem: asyncio.Semaphore | None = None
+        self.running = self.waiting = self.rejected = 0
 
-        def log_message(self, fmt, *args):  # quiet by default
-            pass
-
-        def send_response(self, code, message=None):
-            t0 = getattr(self, "_t0", None)
-            if t0 is not None:
-                metrics.observe(self.command or "?", (self.path or "").split("?")[0], code, time.perf_counter() - t0)
-            super().send_response(code, message)
-
-        def parse_request(self):
-            self._t0 = time.perf_counter()
-            return super().parse_request()
-
-        def _send(self, status: int, obj: Any) -> None:
-            body = json.dumps(obj).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def send_error(self, code, message=None, explain=None):  # the standard library's errors are HTML
-            self.close_connection = True
-            try:
-                self._send(code, {"error": message or self.responses.get(code, ("error",))[0]})
-            except OSError:
-                pass
-
-        def _raw_body(self) -> bytes:
-            """The request's body, read whole: whatever the method and path, so it is never taken for the
-            next request on the connection. Chunked bodies are refused; a body too large closes the connection."""
-            if self.headers.get("Transfer-Encoding"):
-                self.close_connection = True
-                raise _HTTPError(411, "Transfer-Encoding is not accepted; send the body with a Content-Length.")
-            try:
-                n = int(self.headers.get("Content-Length") or 0)
-            except ValueError:
-                n = -1
-            if n < 0 or n > MAX_BODY:
-                self.close_connection = True  # the body is not read: the connection cannot be reused
-                raise _HTTPError(413, f"Content-Length must be between 0 and {MAX_BODY} bytes.")
-            return self.rfile.read(n) if n else b""
-
-        def _body(self, raw: bytes) -> dict:
-            try:
-                obj = json.loads(raw or b"{}")
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise EdgePromptError(f"the request body is not JSON ({e}).") from None
-            if not isinstance(obj, dict):
-                raise EdgePromptError("the request body must be a JSON object.")
-            if not isinstance(obj.get("text"), str):
-                raise EdgePromptError('the request needs "text": a string.')
-            if "task" in obj and obj["task"] is not None and not isinstance(obj["task"], str):
-                raise EdgePromptError('"task" must be a task name or null.')
-            for flag in ("truncate", "stream"):
-                if flag in obj and not isinstance(obj[flag], bool):
-                    raise EdgePromptError(f'"{flag}" must be true or false.')
-            return obj
-
-        def _authorized(self) -> bool:
-            """With an API key, every endpoint but /health needs ``Authorization: Bearer KEY`` (constant-time compare)."""
-            if want is None or self.path == "/health":
-                return True
-            got = (self.headers.get("Authorization") or "").encode()
-            if hmac.compare_digest(got, want):
-                return True
-            body = json.dumps({"error": "missing or wrong API key: send Authorization: Bearer KEY."}).encode()
-            self.send_response(401)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("WWW-Authenticate", "Bearer")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-            return False
-
-        def do_GET(self):
-            try:
-                self._raw_body()
-            except _HTTPError as e:
-                return self._send(e.status, {"error": str(e)})
-            if not self._authorized():
-                return
-            if self.path == "/health":
-                self._send(200, {"ok": True, "backend": rt.backend.name, "quant": rt.bundle.quant})
-            elif self.path == "/metrics":
-                body = metrics.render(rt).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-            elif self.path == "/tasks":
-                tasks = [rt.task_info(name) for name in rt.tasks]
-                s = rt.cache.stats
-                self._send(200, {"tasks": tasks, "cache": {"hits": s.hits, "misses": s.misses, "entries": s.entries, "bytes": s.bytes}})
-            else:
-                self._send(404, {"error": f"no endpoint GET {self.path}; try /health, /tasks, /metrics, POST /classify, POST /generate."})
-
-        def _unsupported(self):
-            try:
-                self._raw_body()
-            except _HTTPError:
-                pass
-            self.close_connection = True
-            self._send(405, {"error": f"{self.command} is not supported; use GET /health, GET /tasks, POST /classify or POST /generate."})
-
-        do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _unsupported
-
-        def do_POST(self):
-            streaming = False
-            try:
-                raw = self._raw_body()
-                if not self._authorized():
-                    return
-                if self.path == "/classify":
-                    req = self._body(raw)
-                    out = rt.classify(req.get("task"), req["text"], truncate=req.get("truncate", False))
-                    self._send(200, out.to_dict())
-                elif self.path == "/generate":
-                    req = self._body(raw)
-                    kw = {k: req[k] for k in _GEN_FIELDS if req.get(k) is not None}
-                    stop = req.get("stop") or []
-                    # generate() checks the task and the length before returning: errors come before the 200
-                    it = rt.generate(req.get("task"), req["text"], stop=stop, truncate=req.get("truncate", False), **kw)
-                    if req.get("stream"):
-                        self.send_response(200)
-                        self.send_header("Content-Type", "application/x-ndjson")
-                        self.send_header("Transfer-Encoding", "chunked")
-                        self.end_headers()
-                        streaming = True
-                        try:
-                            for piece in it:
-                                self._chunk(json.dumps({"piece": piece}) + "\n")
-                            self._chunk(json.dumps({"done": True}) + "\n")
-                        finally:
-                            it.close()
-                        self.wfile.write(b"0\r\n\r\n")
-                    else:
-                        self._send(200, {"text": "".join(it)})
-                else:
-                    self._send(404, {"error": f"no endpoint POST {self.path}; try /classify or /generate."})
-            except (BrokenPipeError, ConnectionResetError):
-                self.close_connection = True  # the client went away
-            except _HTTPError as e:
-                self._send(e.status, {"error": str(e)})
-            except Exception as e:  # noqa: BLE001 - every error becomes a JSON answer, never a dropped connection
-                bad_request = isinstance(e, (EdgePromptError, ValueError, TypeError))
-                msg = str(e) if bad_request else f"internal error: {type(e).__name__}: {e}"
-                try:
-                    if streaming:  # the status line is gone: end the stream with an error line
-                        self._chunk(json.dumps({"error": msg}) + "\n")
-                        self.wfile.write(b"0\r\n\r\n")
-                        self.close_connection = True
-                    else:
-                        self._send(400 if bad_request else 500, {"error": msg})
-                except OSError:
-                    self.close_connection = True
-
-        def _chunk(self, s: str) -> None:
-            b = s.encode()
-            self.wfile.write(f"{len(b):x}\r\n".encode() + b + b"\r\n")
-            self.wfile.flush()
-
-    return Handler
-
-
-class _HTTPError(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-
-
-class _Server(ThreadingHTTPServer):
-    """A thread per connection, at most ``max_connections`` at once; the next ones get 503 and are closed."""
-
-    daemon_threads = True
-    request_queue_size = BACKLOG
-
-    def __init__(self, addr, handler, max_connections: int = MAX_CONNECTIONS, metrics: _Metrics | None = None):
-        self._slots = threading.BoundedSemaphore(max_connections)
-        self.metrics = metrics or _Metrics()
-        super().__init__(addr, handler)
-
-    def process_request(self, request, client_address):
-        if not self._slots.acquire(blocking=False):
-            with self.metrics.lock:
-                self.metrics.refused += 1
-            body = json.dumps({"error": "the server is busy; retry shortly."}).encode()
-            head = f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-            try:
-                request.sendall(head.encode() + body)
-            except OSError:
-                pass
-            self.shutdown_request(request)
-            return
-        with self.metrics.lock:
-            self.metrics.active += 1
+    async def enter(self) -> Callable[[], None]:
+        """Wait for a turn; returns the function that gives it back (call it exactly once)."""
+        if self._sem is None:
+            self._sem = asyncio.Semaphore(self.concurrency)
+        if self.running + self.waiting >= self.capacity:
+            self.rejected += 1
+            raise _HTTPError(503, "the server is busy (its queue is full); retry shortly.", code="overloaded", headers={"Retry-After": "1"})
+        self.waiting += 1
         try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._release()
-            raise
-
-    def _release(self) -> None:
-        with self.metrics.lock:
-            self.metrics.active -= 1
-        self._slots.release()
-
-    def process_request_thread(self, request, client_address):
-        try:
-            super().process_request_thread(request, client_address)
+            await asyncio.wait_for(self._sem.acquire(), self.timeout)
+        except asyncio.TimeoutError:
+            self.rejected += 1
+            raise _HTTPError(
+                503, f"the server is busy (waited {self.timeout:g} s for a turn); retry shortly.", code="overloaded", headers={"Retry-After": "1"}
+            ) from None
         finally:
-            self._release()
+            self.waiting -= 1
+        self.running += 1
+        done = False
+
+        def leave() -> None:
+            nonlocal done
+            if not done:
+                done = True
+                self.running -= 1
+                self._sem.release()
+
+        return leave
 
 
-LOOPBACK = ("127.0.0.1", "::1", "localhost")
+class _Turn:
+    """A request's turn at the compute pool (from :meth:`_Gate.enter`), given back exactly once: when the work
+    it started has stopped, not before (a client that goes away stops a generation at its next token)."""
+
+    def __init__(self, leave: Callable[[], None]):
+        self._leave = leave
+        self.stop = threading.Event()
+        self.work: asyncio.Future | None = None
+
+    def finish(self) -> None:
+        self.stop.set()
+        if self.work is None or self.work.done():
+            self._leave()
+        else:
+            self.work.add_done_callback(lambda _: self._leave())
+
+
+class _Stream(StreamingResponse if uvicorn else object):
+    """A streaming response that stops its generation when the client goes away (whatever the ASGI version)
+    and gives its turn back however it ends."""
+
+    def __init__(self, body: AsyncIterator[bytes], turn: _Turn, media_type: str):
+        super().__init__(body, media_type=media_type, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self._turn = turn
+
+    async def __call__(self, scope, receive, send):
+        import anyio
+
+        try:
+            async with anyio.create_task_group() as tg:
+
+                async def watch() -> None:
+                    while (await receive())["type"] != "http.disconnect":
+                        pass
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(watch)
+                try:
+                    await self.stream_response(send)
+                except OSError:
+                    pass  # the client went away mid-send
+                tg.cancel_scope.cancel()
+        finally:
+            self._turn.finish()
+
+
+_END, _ERROR = object(), object()
+
+
+class _App:
+    """The routes over one runtime. Compute runs on a pool of ``concurrency`` threads; a generation runs
+    start to end on one thread (a llama.cpp sequence belongs to the thread that opened it) and hands its
+    pieces to the event loop."""
+
+    NATIVE = ("/health", "/tasks", "/metrics", "/classify", "/generate")
+    OPENAI = ("/v1/models", "/v1/completions", "/v1/chat/completions")
+
+    def __init__(self, rt: Runtime, limits: Limits, api_key: str | None):
+        self.rt, self.limits = rt, limits
+        self._want = f"Bearer {api_key}".encode() if api_key else None
+        self.metrics = _Metrics(self.NATIVE + self.OPENAI)
+        self.gate = _Gate(limits.concurrency, limits.queue, limits.queue_timeout)
+        self.pool = ThreadPoolExecutor(max_workers=limits.concurrency, thread_name_prefix="edgeprompt")
+        self.created = int(time.time())
+        names = set(rt.tasks)
+        base = "-".join(re.findall(r"[A-Za-z0-9._]+", rt.bundle.base_model.name)) or "base"  # an id clients can pass around
+        self.plain_id = base if base not in names else f"base:{base}"
+        self._chat = None
+
+    # -- plumbing ---------------------------------------------------------------------------------
+    def routes(self) -> list:
+        r = [
+            ("/health", self.health, ["GET"]),
+            ("/tasks", self.tasks, ["GET"]),
+            ("/metrics", self.metrics_text, ["GET"]),
+            ("/classify", self.classify, ["POST"]),
+            ("/generate", self.generate, ["POST"]),
+            ("/v1/models", self.models, ["GET"]),
+            ("/v1/completions", self.completions, ["POST"]),
+            ("/v1/chat/completions", self.chat_completions, ["POST"]),
+        ]
+        return [Route(path, self._wrap(fn), methods=methods) for path, fn, methods in r]
+
+    def _wrap(self, fn):
+        async def endpoint(request: Request) -> Response:
+            t0 = time.perf_counter()
+            openai = request.url.path.startswith("/v1/")
+            try:
+                if self._want is not None and request.url.path != "/health":
+                    got = (request.headers.get("authorization") or "").encode()
+                    if not hmac.compare_digest(got, self._want):
+                        raise _HTTPError(
+                            401, "missing or wrong API key: send Authorization: Bearer KEY.", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"}
+                        )
+                resp = await fn(request)
+            except _HTTPError as e:
+                resp = _json(e.body(openai), e.status, e.headers)
+            except (EdgePromptError, ValueError, TypeError) as e:  # a bad request the runtime recognised
+                resp = _json(_HTTPError(400, str(e)).body(openai), 400)
+            except Exception as e:  # noqa: BLE001 - every error is a JSON answer
+                resp = _json(_HTTPError(500, f"internal error: {type(e).__name__}: {e}").body(openai), 500)
+            self.metrics.observe(request.method, request.url.path, resp.status_code, time.perf_counter() - t0)
+            return resp
+
+        return endpoint
+
+    async def not_found(self, request: Request, exc) -> Response:
+        """Starlette's 404 and 405, as JSON (OpenAI's shape under /v1)."""
+        status = getattr(exc, "status_code", 404)
+        if status == 405:
+            msg = f"{request.method} {request.url.path} is not supported."
+        else:
+            msg = f"no endpoint {request.method} {request.url.path}; try {', '.join(self.NATIVE + self.OPENAI)}."
+        self.metrics.observe(request.method, request.url.path, status, 0.0)
+        return _json(_HTTPError(status, msg).body(request.url.path.startswith("/v1/")), status, getattr(exc, "headers", None))
+
+    async def _body(self, request: Request) -> dict:
+        """The JSON object of the body: size-bounded (413), time-bounded (408), NaN and Infinity refused."""
+        cl = request.headers.get("content-length")
+        if cl is not None and (not cl.isdigit() or int(cl) > self.limits.max_body):
+            raise _HTTPError(413, f"the body must be at most {self.limits.max_body} bytes (Content-Length {cl[:20]!r}).")
+        chunks: list[bytes] = []
+
+        async def read() -> None:
+            n = 0
+            async for c in request.stream():
+                n += len(c)
+                if n > self.limits.max_body:
+                    raise _HTTPError(413, f"the body must be at most {self.limits.max_body} bytes.")
+                chunks.append(c)
+
+        try:
+            await asyncio.wait_for(read(), self.limits.body_timeout)
+        except asyncio.TimeoutError:
+            raise _HTTPError(408, f"the body took longer than {self.limits.body_timeout:g} s to arrive.") from None
+
+        def refuse(name: str):
+            raise ValueError(f"{name} is not JSON")
+
+        try:
+            obj = json.loads(b"".join(chunks) or b"{}", parse_constant=refuse)
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:
+            raise _HTTPError(400, f"the request body is not JSON ({e}).") from None
+        if not isinstance(obj, dict):
+            raise _HTTPError(400, "the request body must be a JSON object.")
+        return obj
+
+    async def _call(self, fn, *args):
+        """Run ``fn`` on the compute pool, in turn (the gate), within the request timeout (504 beyond it; the
+        turn is given back when ``fn`` has returned)."""
+        turn = _Turn(await self.gate.enter())
+        try:
+            turn.work = asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+            try:
+                return await asyncio.wait_for(asyncio.shield(turn.work), self.limits.request_timeout)
+            except asyncio.TimeoutError:
+                raise _HTTPError(504, f"the request took longer than {self.limits.request_timeout:g} s.") from None
+        finally:
+            turn.finish()
+
+    def _drive(self, loop, q: asyncio.Queue, g: Generation, stop: threading.Event, deadline: float) -> None:
+        """On a pool thread: run a generation to its end, handing pieces to the loop; stop when asked or late."""
+
+        def put(item) -> None:
+            try:
+                loop.call_soon_threadsafe(q.put_nowait, item)
+            except RuntimeError:  # the loop is closed: the server is stopping
+                stop.set()
+
+        try:
+            for piece in g:
+                put(piece)
+                if stop.is_set():
+                    return
+                if time.monotonic() > deadline:
+                    put((_ERROR, _HTTPError(504, f"the request took longer than {self.limits.request_timeout:g} s.")))
+                    return
+            put(_END)
+        except BaseException as e:  # noqa: BLE001 - handed to the loop, which answers with it
+            put((_ERROR, e))
+        finally:
+            g.close()
+
+    async def _pieces(self, g: Generation, turn: _Turn) -> AsyncIterator[str]:
+        """The generation's pieces as they come, run start to end on one pool thread; raises its error."""
+        loop = asyncio.get_running_loop()
+        q: asyncio.Queue = asyncio.Queue()
+        turn.work = loop.run_in_executor(self.pool, self._drive, loop, q, g, turn.stop, time.monotonic() + self.limits.request_timeout)
+        while True:
+            item = await q.get()
+            if item is _END:
+                return
+            if isinstance(item, tuple) and item[0] is _ERROR:
+                raise item[1]
+            yield item
+
+    async def _generation(self, task, text, kw, stop, truncate) -> tuple[Generation, _Turn]:
+        """Start a generation in turn: its checks (task, length, settings) run before any 200 is sent."""
+        if isinstance(kw.get("max_new_tokens"), int) and kw["max_new_tokens"] > self.limits.max_new_tokens:
+            raise _HTTPError(400, f"max_new_tokens must be at most {self.limits.max_new_tokens} on this server (serve --max-new-tokens).", param="max_tokens")
+        turn = _Turn(await self.gate.enter())
+        try:
+            g = await asyncio.get_running_loop().run_in_executor(self.pool, lambda: self.rt.generate(task, text, stop=stop, truncate=truncate, **kw))
+        except BaseException:
+            turn.finish()
+            raise
+        return g, turn
+
+    async def _collect(self, g: Generation, turn: _Turn) -> str:
+        try:
+            return "".join([p async for p in self._pieces(g, turn)])
+        finally:
+            turn.finish()
+
+    # -- native -----------------------------------------------------------------------------------
+    async def health(self, request: Request) -> Response:
+        return _json({"ok": True, "backend": self.rt.backend.name, "quant": self.rt.bundle.quant})
+
+    async def tasks(self, request: Request) -> Response:
+        s = self.rt.cache.stats
+        return _json(
+            {"tasks": [self.rt.task_info(n) for n in self.rt.tasks], "cache": {"hits": s.hits, "misses": s.misses, "entries": s.entries, "bytes": s.bytes}}
+        )
+
+    async def metrics_text(self, request: Request) -> Response:
+        return Response(self.metrics.render(self.rt, self.gate), media_type="text/plain; version=0.0.4")
+
+    @staticmethod
+    def _native_request(req: dict) -> tuple[str | None, str, bool]:
+        if not isinstance(req.get("text"), str):
+            raise RequestError('the request needs "text": a string.')
+        task = req.get("task")
+        if task is not None and not isinstance(task, str):
+            raise RequestError('"task" must be a task name or null.')
+        for flag in ("truncate", "stream"):
+            if flag in req and not isinstance(req[flag], bool):
+                raise RequestError(f'"{flag}" must be true or false.')
+        return task, req["text"], req.get("truncate", False)
+
+    async def classify(self, request: Request) -> Response:
+        task, text, truncate = self._native_request(await self._body(request))
+        out = await self._call(self.rt.classify, task, text, truncate)
+        return _json(out.to_dict())
+
+    async def generate(self, request: Request) -> Response:
+        req = await self._body(request)
+        task, text, truncate = self._native_request(req)
+        kw = {k: req[k] for k in ("max_new_tokens", "temperature", "top_k", "top_p", "seed") if req.get(k) is not None}
+        kw.setdefault("max_new_tokens", 64)
+        g, turn = await self._generation(task, text, kw, req.get("stop") or [], truncate)
+        if not req.get("stream"):
+            return _json({"text": await self._collect(g, turn)})
+
+        async def lines() -> AsyncIterator[bytes]:
+            try:
+                async for piece in self._pieces(g, turn):
+                    yield (json.dumps({"piece": piece}) + "\n").encode()
+                yield b'{"done": true}\n'
+            except Exception as e:  # noqa: BLE001 - the status is sent: the stream ends with an error line
+                yield (
+                    json.dumps({"error": str(e) if isinstance(e, (EdgePromptError, _HTTPError)) else f"internal error: {type(e).__name__}: {e}"}) + "\n"
+                ).encode()
+
+        return _Stream(lines(), turn, "application/x-ndjson")
+
+    # -- OpenAI -----------------------------------------------------------------------------------
+    async def models(self, request: Request) -> Response:
+        ids = [self.plain_id] + self.rt.tasks
+        data = [{"id": i, "object": "model", "created": self.created, "owned_by": "edgeprompt"} for i in ids]
+        for d in data[1:]:
+            d["edgeprompt"] = self.rt.task_info(d["id"])
+        return _json({"object": "list", "data": data})
+
+    def _task_of(self, model: Any) -> str | None:
+        if not isinstance(model, str):
+            raise _HTTPError(400, '"model" is required: a task name, or the plain model\'s id (GET /v1/models).', param="model")
+        if model == self.plain_id:
+            return None
+        if model not in self.rt.tasks:
+            ids = ", ".join([self.plain_id] + self.rt.tasks)
+            raise _HTTPError(404, f"the model {model!r} does not exist; this server has: {ids}.", param="model", code="model_not_found")
+        return model
+
+    @staticmethod
+    def _sampling(req: dict, max_key: str) -> dict:
+        """OpenAI's sampling fields to the runtime's (its checks name the setting); unsupported ones refused."""
+        for key, ok in (("n", (None, 1)), ("best_of", (None, 1)), ("echo", (None, False)), ("logprobs", (None, False, 0)), ("suffix", (None,))):
+            if req.get(key) not in ok:
+                raise _HTTPError(400, f'"{key}" = {req.get(key)!r} is not supported here (supported: {ok[1] if len(ok) > 1 else "null"}).', param=key)
+        for key in ("presence_penalty", "frequency_penalty"):
+            if req.get(key) not in (None, 0, 0.0):
+                raise _HTTPError(400, f'"{key}" is not supported here; leave it 0.', param=key)
+        if req.get("logit_bias"):
+            raise _HTTPError(400, '"logit_bias" is not supported here.', param="logit_bias")
+        if "stream" in req and not isinstance(req["stream"], bool):
+            raise _HTTPError(400, '"stream" must be true or false.', param="stream")
+        n = req.get(max_key)
+        kw = {
+            "max_new_tokens": 16 if n is None else n,
+            "temperature": 1.0 if req.get("temperature") is None else req["temperature"],
+            "top_p": 1.0 if req.get("top_p") is None else req["top_p"],
+        }
+        for key in ("seed", "top_k"):
+            if req.get(key) is not None:
+                kw[key] = req[key]
+        if isinstance(kw["max_new_tokens"], bool) or not isinstance(kw["max_new_tokens"], int):
+            raise _HTTPError(400, f'"{max_key}" must be an integer, got {n!r}.', param=max_key)
+        return kw
+
+    async def _openai(self, request: Request, chat: bool) -> Response:
+        req = await self._body(request)
+        model = req.get("model")
+        task = self._task_of(model)
+        max_key = "max_completion_tokens" if chat and req.get("max_completion_tokens") is not None else "max_tokens"
+        kw = self._sampling(req, max_key)
+        stop = req.get("stop") or []
+        if chat:
+            text = self._chat_text(task, req.get("messages"))
+        else:
+            text = req.get("prompt")
+            if isinstance(text, list) and len(text) == 1:
+                text = text[0]
+            if not isinstance(text, str):
+                raise _HTTPError(400, '"prompt" must be a string (or a list of one string).', param="prompt")
+        rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+        head = {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": int(time.time()), "model": model}
+        stream = bool(req.get("stream"))
+        usage_in_stream = stream and isinstance(req.get("stream_options"), dict) and bool(req["stream_options"].get("include_usage"))
+
+        if task is not None and self.rt.store.get(task).spec.kind == TaskKind.CLASSIFICATION:
+            out, n_in = await self._call(lambda: (self.rt.classify(task, text), len(self.rt.input_ids(task, text))))
+            return self._one_shot(head, chat, stream, usage_in_stream, out.label, "stop", n_in, 0, {"probabilities": out.probabilities})
+
+        g, turn = await self._generation(task, text, kw, stop, False)
+        if not stream:
+            content = await self._collect(g, turn)
+            return self._one_shot(head, chat, False, False, content, g.finish_reason or "stop", g.prompt_tokens, g.completion_tokens, {})
+
+        async def events() -> AsyncIterator[bytes]:
+            try:
+                if chat:
+                    yield _sse(
+                        {
+                            **head,
+                            "object": "chat.completion.chunk",
+                            "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
+                        }
+                    )
+                async for piece in self._pieces(g, turn):
+                    yield _sse(self._chunk(head, chat, piece, None))
+                yield _sse(self._chunk(head, chat, None, g.finish_reason or "stop"))
+                if usage_in_stream:
+                    obj = "chat.completion.chunk" if chat else "text_completion"
+                    yield _sse({**head, "object": obj, "choices": [], "usage": _usage(g.prompt_tokens, g.completion_tokens)})
+                yield b"data: [DONE]\n\n"
+            except Exception as e:  # noqa: BLE001 - the 200 is sent: the stream ends with an error event
+                err = e if isinstance(e, _HTTPError) else _HTTPError(400 if isinstance(e, EdgePromptError) else 500, str(e))
+                yield _sse(err.body(True))
+
+        return _Stream(events(), turn, "text/event-stream")
+
+    @staticmethod
+    def _chunk(head: dict, chat: bool, piece: str | None, finish: str | None) -> dict:
+        if chat:
+            choice = {"index": 0, "delta": {} if piece is None else {"content": piece}, "finish_reason": finish}
+            return {**head, "object": "chat.completion.chunk", "choices": [choice]}
+        return {**head, "choices": [{"index": 0, "text": piece or "", "logprobs": None, "finish_reason": finish}]}
+
+    def _one_shot(self, head, chat, stream, usage_in_stream, content, finish, n_in, n_out, extra) -> Response:
+        if not stream:
+            choice = {"index": 0, "message": {"role": "assistant", "content": content}} if chat else {"index": 0, "text": content, "logprobs": None}
+            return _json({**head, "choices": [{**choice, "finish_reason": finish, **extra}], "usage": _usage(n_in, n_out)})
+        chunks = []
+        if chat:
+            chunks.append(
+                {
+                    **head,
+                    "object": "chat.completion.chunk",
+                    "choices": [{"index": 0, "delta": {"role": "assistant", "content": content}, "finish_reason": None, **extra}],
+                }
+            )
+        else:
+            chunks.append({**head, "choices": [{"index": 0, "text": content, "logprobs": None, "finish_reason": None, **extra}]})
+        chunks.append(self._chunk(head, chat, None, finish))
+        if usage_in_stream:
+            chunks.append({**head, "object": chunks[-1]["object"], "choices": [], "usage": _usage(n_in, n_out)})
+        body = b"".join(_sse(c) for c in chunks) + b"data: [DONE]\n\n"
+        return Response(body, media_type="text/event-stream")
+
+    def _chat_text(self, task: str | None, messages: Any) -> str:
+        from edgeprompt.runtimes.chat import ChatTemplate, check_messages
+
+        msgs = check_messages(messages)
+        if task is not None:  # a task was trained on its own template around one text: the last user message
+            users = [m["content"] for m in msgs if m["role"] == "user"]
+            if not users:
+                raise _HTTPError(400, "a task's chat needs a user message: its text is the task's input.", param="messages")
+            return users[-1]
+        if self._chat is None:
+            src = self.rt.bundle.tokenizer.get(TokenizerKeys.CHAT_TEMPLATE)
+            if not src:
+                raise _HTTPError(400, "this bundle's tokenizer has no chat template; use /v1/completions.", param="messages")
+            tok = self.rt._tok
+            name = lambda key: (tok.id_to_token(self.rt.bundle.tokenizer[key]) or "") if self.rt.bundle.tokenizer.get(key) is not None else ""  # noqa: E731
+            self._chat = ChatTemplate(src, bos_token=name(TokenizerKeys.BOS_ID), eos_token=name(TokenizerKeys.EOS_ID))
+        return self._chat.render(msgs)
+
+    async def completions(self, request: Request) -> Response:
+        return await self._openai(request, chat=False)
+
+    async def chat_completions(self, request: Request) -> Response:
+        return await self._openai(request, chat=True)
+
+
+def _sse(obj: dict) -> bytes:
+    return b"data: " + json.dumps(obj, allow_nan=False).encode() + b"\n\n"
+
+
+def _usage(n_in: int, n_out: int) -> dict:
+    return {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out}
+
+
+def make_app(rt: Runtime, limits: Limits | None = None, api_key: str | None = None) -> "Starlette":
+    """The ASGI app over ``rt`` (run it with any ASGI server; :func:`make_server` runs it with uvicorn)."""
+    if uvicorn is None:
+        raise EdgePromptError("serve needs starlette and uvicorn: pip install 'edgeprompt[serve]'")
+    limits = (limits or Limits()).check()
+    app = _App(rt, limits, api_key)
+    star = Starlette(routes=app.routes(), exception_handlers={404: app.not_found, 405: app.not_found})
+    star.state.edgeprompt = app
+    return star
+
+
+class Server:
+    """uvicorn serving :func:`make_app`: ``serve_forever()`` in the foreground (Ctrl-C stops it), or
+    ``start()`` on a thread and ``shutdown()``; ``server_address`` is ``(host, port)`` once listening."""
+
+    def __init__(self, app: "Starlette", host: str, port: int, limits: Limits):
+        self.app = app
+        self.config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_keep_alive=limits.idle_timeout,
+            limit_concurrency=limits.max_connections,
+            backlog=2048,
+            server_header=False,
+        )
+        self._uv = uvicorn.Server(self.config)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def server_address(self) -> tuple[str, int]:
+        return self._uv.servers[0].sockets[0].getsockname()[:2]
+
+    def serve_forever(self) -> None:
+        """Serve until Ctrl-C or SIGTERM (then finish the requests in flight and stop)."""
+        self._uv.run()
+
+    def wait(self) -> None:
+        """After :meth:`start`: block until the server stops."""
+        while self._thread is not None and self._thread.is_alive():
+            self._thread.join(0.5)
+
+    def start(self, timeout: float = 30.0) -> "Server":
+        self._thread = threading.Thread(target=self._uv.run, daemon=True, name="edgeprompt-serve")
+        self._thread.start()
+        t0 = time.monotonic()
+        while not self._uv.started:
+            if not self._thread.is_alive() or time.monotonic() - t0 > timeout:
+                raise EdgePromptError(f"the server did not start on {self.config.host}:{self.config.port} (is the port in use?).")
+            time.sleep(0.01)
+        return self
+
+    def shutdown(self) -> None:
+        self._uv.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        self.app.state.edgeprompt.pool.shutdown(wait=False, cancel_futures=True)
+
+    def __enter__(self) -> "Server":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
 
 
 def make_server(
-    rt: Runtime, host: str = "127.0.0.1", port: int = 8080, max_connections: int = MAX_CONNECTIONS, api_key: str | None = None, allow_open: bool = False
-) -> ThreadingHTTPServer:
-    """A threading HTTP server over ``rt`` (call ``serve_forever()``; port 0 picks a free port).
+    rt: Runtime, host: str = "127.0.0.1", port: int = 8080, limits: Limits | None = None, api_key: str | None = None, allow_open: bool = False
+) -> Server:
+    """A :class:`Server` over ``rt`` (port 0 picks a free port).
 
     ``api_key``: every endpoint but ``/health`` then needs ``Authorization: Bearer KEY``. An address other than
     loopback without a key is refused unless ``allow_open`` says the network is trusted.
@@ -342,5 +706,5 @@ def make_server(
         )
     if api_key is not None and len(api_key) < 16:
         raise RequestError("--api-key must be at least 16 characters.")
-    metrics = _Metrics()
-    return _Server((host, port), _handler(rt, api_key, metrics), max_connections=max_connections, metrics=metrics)
+    limits = (limits or Limits()).check()
+    return Server(make_app(rt, limits, api_key), host, port, limits)

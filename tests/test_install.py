@@ -49,9 +49,9 @@ def _closure(dist: str, extras: frozenset[str] = frozenset(), seen: dict | None 
 
 
 def test_runtime_extra_pulls_no_torch():
-    """Resolved, not read: the runtime and llamacpp extras' whole dependency tree (as installed here)."""
-    pulled = _closure("edgeprompt", frozenset({"runtime", "llamacpp"}))
-    assert {"onnxruntime", "tokenizers", "llama-cpp-python", "numpy"} <= set(pulled)  # the resolution works
+    """Resolved, not read: the runtime, llamacpp and serve extras' whole dependency tree (as installed here)."""
+    pulled = _closure("edgeprompt", frozenset({"runtime", "llamacpp", "serve"}))
+    assert {"onnxruntime", "tokenizers", "llama-cpp-python", "numpy", "starlette", "uvicorn", "jinja2"} <= set(pulled)  # the resolution works
     heavy = {n: by for n, by in pulled.items() if n in {"torch", "transformers", "peft", "onnx", "optimum", "triton"}}
     assert heavy == {}, f"the on-device install pulls {heavy} (name: required by)"
     train = _closure("edgeprompt", frozenset({"train"}))
