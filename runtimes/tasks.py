@@ -11,7 +11,6 @@ bundle ships (``--with-kv``).
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 import warnings
 from dataclasses import dataclass, field
@@ -21,10 +20,11 @@ from typing import Callable
 import numpy as np
 from safetensors.numpy import load as _st_load
 
+from edgeprompt.core import schema
 from edgeprompt.core.bank import BankTask
 from edgeprompt.core.bundle import Bundle
-from edgeprompt.core.constants import TASK_MANIFEST_FILE, TASK_TENSORS_FILE, TASK_VERSION, TaskFormKeys, TaskKeys, TaskRecordKeys
-from edgeprompt.core.errors import BankError, EdgePromptError, RequestError, check_version
+from edgeprompt.core.constants import TASK_MANIFEST_FILE, TASK_TENSORS_FILE, TaskFormKeys, TaskKeys, TaskRecordKeys
+from edgeprompt.core.errors import BankError, EdgePromptError, RequestError
 from edgeprompt.core.files import atomic_write_bytes
 from edgeprompt.core.methods import MethodSpec, PrefixKind, get_method
 from edgeprompt.core.model_info import ModelInfo
@@ -47,14 +47,7 @@ class TaskEntry:
 
 
 def _parse_manifest(data: bytes, where: str) -> dict:
-    try:
-        m = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BankError(f"{where} is not valid JSON ({e}).") from None
-    if not isinstance(m, dict):
-        raise BankError(f"{where} is not a task manifest (a JSON object).")
-    check_version(m.get(TaskKeys.VERSION), TASK_VERSION, where)
-    return m
+    return schema.decode(data, schema.TaskManifest, where, BankError, "train or import the task again")
 
 
 class TaskStore:
@@ -99,9 +92,6 @@ class TaskStore:
         return self._put(entry)
 
     def _entry(self, name: str, m: dict, read: Callable[[], bytes], shipped, sha: str) -> TaskEntry:
-        for k in (TaskKeys.METHOD, TaskKeys.KIND, TaskKeys.NUM_VIRTUAL_TOKENS, TaskKeys.TEMPLATE, TaskKeys.BASE_MODEL):
-            if k not in m:
-                raise BankError(f"task {name!r}: its manifest lacks {k!r}; the task is damaged: train or import it again.")
         self.info.check_compatible(ModelInfo.from_dict(m[TaskKeys.BASE_MODEL]), f"task {name!r}")
         method = get_method(m[TaskKeys.METHOD])
         spec = TaskSpec.from_manifest(m)

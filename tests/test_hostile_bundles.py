@@ -143,7 +143,7 @@ def test_add_task_of_a_bare_folder_gets_every_check_a_bank_task_gets(bundle, tmp
 
         with pytest.raises(BankError, match="not allowed"):
             rt.add_task(folder("bad name!"))
-        with pytest.raises(BankError, match="not an edgeprompt task manifest"):
+        with pytest.raises(BankError, match="not an edgeprompt.task file"):
             rt.add_task(folder("fmt", lambda m: m.__setitem__("format", "other")))
         with pytest.raises(EdgePromptError, match="version"):
             rt.add_task(folder("ver", lambda m: m.__setitem__("version", 99)))

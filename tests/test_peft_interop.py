@@ -94,7 +94,7 @@ def test_import_peft_refuses_pickles_and_wrong_shapes(tiny_lm, tmp_path):
         with pytest.raises(EdgePromptError, match="num_virtual_tokens"):
             import_peft(d, PromptBank(tmp_path / "b"), "x", tiny_lm.info, SPEC)
     (d / "adapter_config.json").write_text("[1, 2]")
-    with pytest.raises(EdgePromptError, match="not a JSON object"):
+    with pytest.raises(EdgePromptError, match="expected `object`, got `array`"):
         import_peft(d, PromptBank(tmp_path / "b"), "x", tiny_lm.info, SPEC)
     # NaN in the prompt: refused at import, nothing written
     (d / "adapter_config.json").write_text('{"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 2}')

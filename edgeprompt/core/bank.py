@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeprompt.core import schema
 from edgeprompt.core.constants import (
     BANK_FILE,
     BANK_FORMAT,
@@ -28,13 +29,12 @@ from edgeprompt.core.constants import (
     BankKeys,
     TaskKeys,
 )
-from edgeprompt.core.errors import BankError, check_version
-from edgeprompt.core.files import atomic_directory, atomic_write_json, atomic_write_safetensors, read_json, read_safetensors, recover_directory
+from edgeprompt.core.errors import BankError
+from edgeprompt.core.files import atomic_directory, atomic_write_json, atomic_write_safetensors, read_safetensors, recover_directory
 from edgeprompt.core.methods import MethodSpec, get_method
 from edgeprompt.core.model_info import ModelInfo
 from edgeprompt.core.tasks import INPUT_RULE, TaskSpec
 
-_REQUIRED_TASK_KEYS = (TaskKeys.METHOD, TaskKeys.KIND, TaskKeys.NUM_VIRTUAL_TOKENS, TaskKeys.TENSORS, TaskKeys.TEMPLATE, TaskKeys.BASE_MODEL)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
@@ -51,13 +51,13 @@ def read_task_folder(path: Path, where: str = "") -> "BankTask":
     name = check_task_name(path.name)
     if not (path / TASK_MANIFEST_FILE).is_file():
         raise BankError(f"{path} is not a task folder (no {TASK_MANIFEST_FILE}).")
-    m = read_json(path / TASK_MANIFEST_FILE, f"manifest of task {name!r}")
-    if not isinstance(m, dict) or m.get(TaskKeys.FORMAT) != TASK_FORMAT:
-        raise BankError(f"{path / TASK_MANIFEST_FILE} is not an edgeprompt task manifest.")
-    check_version(m.get(TaskKeys.VERSION), TASK_VERSION, f"task {name!r}" + (f" in {where}" if where else ""))
-    missing = [k for k in _REQUIRED_TASK_KEYS if k not in m]
-    if missing:
-        raise BankError(f"{path / TASK_MANIFEST_FILE} lacks {missing}; the task is damaged: remove it and train or import it again.")
+    m = schema.read(
+        path / TASK_MANIFEST_FILE,
+        schema.TaskManifest,
+        f"manifest of task {name!r}" + (f" in {where}" if where else ""),
+        BankError,
+        "remove the task and train or import it again",
+    )
     return BankTask(name, path, m)
 
 
@@ -123,10 +123,7 @@ class PromptBank:
     def base_model(self) -> ModelInfo | None:
         if not self.exists:
             return None
-        meta = read_json(self.root / BANK_FILE, "bank file")
-        if meta.get(BankKeys.FORMAT) != BANK_FORMAT:
-            raise BankError(f"{self.root / BANK_FILE} is not an edgeprompt bank file.")
-        check_version(meta.get(BankKeys.VERSION), BANK_VERSION, f"bank {self.root}")
+        meta = schema.read(self.root / BANK_FILE, schema.BankFile, "bank file", BankError)
         return ModelInfo.from_dict(meta[BankKeys.BASE_MODEL])
 
     def _ensure(self, info: ModelInfo) -> None:

@@ -9,7 +9,6 @@ file is refused at open, by name, not discovered as garbage output later.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import stat
 from dataclasses import dataclass
@@ -18,16 +17,15 @@ from typing import Any
 
 import numpy as np
 
+from edgeprompt.core import schema
 from edgeprompt.core.bank import PromptBank
 from edgeprompt.core.constants import (
     BANK_FILE,
     BUNDLE_BANK_DIR,
-    BUNDLE_FORMAT,
     BUNDLE_KV_DIR,
     BUNDLE_MANIFEST_FILE,
     BUNDLE_PROBES_DIR,
     BUNDLE_TOKENIZER_FILE,
-    BUNDLE_VERSION,
     PROBES_FILE,
     PROBES_REFERENCE_FILE,
     TASK_MANIFEST_FILE,
@@ -41,8 +39,8 @@ from edgeprompt.core.constants import (
     TaskFormKeys,
     TaskRecordKeys,
 )
-from edgeprompt.core.errors import BundleError, check_version
-from edgeprompt.core.files import file_sha256, read_json, read_safetensors
+from edgeprompt.core.errors import BundleError
+from edgeprompt.core.files import file_sha256, read_safetensors
 from edgeprompt.core.model_info import ModelInfo
 from edgeprompt.core.parity import ParityResult, Probe, load_probes
 
@@ -58,13 +56,7 @@ class Bundle:
         mpath = path / BUNDLE_MANIFEST_FILE
         if not path.is_dir() or not mpath.exists():
             raise BundleError(f"{path} is not an edgeprompt bundle (no {BUNDLE_MANIFEST_FILE}); make one with `edgeprompt export`.")
-        m = read_json(mpath, "bundle manifest")
-        if m.get(BundleKeys.FORMAT) != BUNDLE_FORMAT:
-            raise BundleError(f"{mpath}: format {m.get(BundleKeys.FORMAT)!r} is not {BUNDLE_FORMAT!r}.")
-        check_version(m.get(BundleKeys.VERSION), BUNDLE_VERSION, f"bundle {path}")
-        for key, kind in ((BundleKeys.MODEL, dict), (BundleKeys.BASE_MODEL, dict), (BundleKeys.FILES, dict), (BundleKeys.TASKS, dict)):
-            if not isinstance(m.get(key, {}), kind):
-                raise BundleError(f"{mpath}: {key!r} is a {type(m.get(key)).__name__}, not an object; the manifest is damaged: re-export the bundle.")
+        m = schema.read(mpath, schema.BundleManifest, "bundle manifest", BundleError, "re-export the bundle")
         b = cls(path, m)
         b.checked = verify
         if verify:
@@ -79,11 +71,8 @@ class Bundle:
         rel = f"{BUNDLE_BANK_DIR}/{BANK_FILE}"
         if rel not in (self.manifest.get(BundleKeys.FILES) or {}) and not (self.checked is False and (self.path / rel).is_file()):
             return None
-        try:
-            meta = json.loads(self.read_verified(rel))
-            return ModelInfo.from_dict(meta[BankKeys.BASE_MODEL])
-        except (ValueError, KeyError, TypeError) as e:
-            raise BundleError(f"bundle {self.path}: {rel} is not a readable bank file ({e}); re-export the bundle.") from None
+        meta = schema.decode(self.read_verified(rel), schema.BankFile, f"bundle {self.path}: {rel}", BundleError, "re-export the bundle")
+        return ModelInfo.from_dict(meta[BankKeys.BASE_MODEL])
 
     def resolve(self, rel: str) -> Path:
         """The path of a file the manifest names, confined to the bundle: relative, no ``..``, no symlink,

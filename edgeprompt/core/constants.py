@@ -165,6 +165,8 @@ LLAMA_STATE_SUFFIX = ".llama-state"
 PARITY_FP32_MAX_ABS = 1e-3
 
 # -- request limits (the runtime's generate(), whatever server fronts it) ---------------------------
+#: More distinct labels than this is almost always the wrong ``--label-column`` (an id, a text).
+MAX_LABELS = 1000
 MAX_STOP_STRINGS = 16  # OpenAI allows 4; each is searched for after every token
 MAX_STOP_LENGTH = 256  # characters per stop string
 MAX_TEMPERATURE = 100.0

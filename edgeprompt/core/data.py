@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from edgeprompt.core.constants import TaskKind
+from edgeprompt.core.constants import MAX_LABELS, TaskKind
 from edgeprompt.core.errors import DataError, EdgePromptError
 from edgeprompt.core.files import refuse_pickle
 from edgeprompt.core.tasks import TaskSpec
@@ -106,8 +106,6 @@ def split(rows: list[Example], seed: int, dev: int | float, test: int | float) -
 
 #: A CSV field may hold a long document (the csv module's default cap is 131,072 characters).
 CSV_FIELD_LIMIT = 16 * 2**20
-#: More distinct labels than this is almost always the wrong ``--label-column`` (an id, a text).
-MAX_LABELS = 1000
 
 
 def _cell(v, path: Path, where: str, col: str) -> str:

@@ -121,9 +121,10 @@ def probes_json(probes: Sequence[Probe]) -> list[dict]:
 
 
 def load_probes(path: Path) -> list[Probe]:
-    from edgeprompt.core.files import read_json
+    from edgeprompt.core import schema
+    from edgeprompt.core.errors import BundleError
 
-    return [Probe(**d) for d in read_json(path, "probe set")]
+    return [Probe(**d) for d in schema.read(path, list[schema.Probe], "probe set", BundleError, "re-export the bundle")]
 
 
 #: ``edgeprompt verify``: a task fails on the device when its top-1 agreement with the torch reference is

@@ -20,10 +20,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from edgeprompt.core import schema
 from edgeprompt.core.constants import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, TaskKind
 from edgeprompt.core.data import Dataset
 from edgeprompt.core.errors import EdgePromptError, TrainingInterrupted
-from edgeprompt.core.files import atomic_directory, atomic_write_json, atomic_write_safetensors, read_json, read_safetensors, recover_directory
+from edgeprompt.core.files import atomic_directory, atomic_write_json, atomic_write_safetensors, read_safetensors, recover_directory
 from edgeprompt.core.methods import get_method
 from edgeprompt.core.metrics import report_dict
 from edgeprompt.train.batching import Encoder, collate
@@ -148,9 +149,7 @@ def _save_checkpoint(path: Path, step: int, module, opt, best: dict, loop: dict,
 
 
 def _load_checkpoint(path: Path, module, opt, meta: dict):
-    state = read_json(path / "state.json", "checkpoint state")
-    if state.get("format") != CHECKPOINT_FORMAT:
-        raise EdgePromptError(f"{path} is not an edgeprompt checkpoint.")
+    state = schema.read(path / "state.json", schema.CheckpointState, "checkpoint state", fix="start afresh without --resume")
     for key in ("method", "method_config", "train_config", "data_sha256", "fingerprint"):
         if state.get(key) != meta.get(key):
             raise EdgePromptError(

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeprompt.core import schema
 from edgeprompt.core.bank import BankTask, PromptBank
 from edgeprompt.core.constants import TaskKeys
 from edgeprompt.core.errors import BankError, EdgePromptError
-from edgeprompt.core.files import atomic_directory, atomic_write_safetensors, read_json, read_safetensors
+from edgeprompt.core.files import atomic_directory, atomic_write_safetensors, read_safetensors
 from edgeprompt.core.methods import MethodSpec, all_methods, get_method
 from edgeprompt.core.model_info import ModelInfo
 from edgeprompt.core.tasks import TaskSpec
@@ -41,7 +42,7 @@ def read_peft(directory: str | Path, info: ModelInfo) -> tuple[MethodSpec, dict[
     d = Path(directory)
     if not d.is_dir():
         raise EdgePromptError(f"PEFT checkpoint folder not found: {d}")
-    cfg = read_json(d / ADAPTER_CONFIG, "PEFT adapter config")
+    cfg = schema.read(d / ADAPTER_CONFIG, schema.PeftAdapterConfig, "PEFT adapter config", BankError, "is it a PEFT prompt-learning adapter?")
     weights = d / ADAPTER_WEIGHTS
     if not weights.exists():
         pickles = [p.name for p in d.glob("adapter_model.bin")]
@@ -55,8 +56,6 @@ def read_peft(directory: str | Path, info: ModelInfo) -> tuple[MethodSpec, dict[
     if PEFT_KEY not in t:
         raise EdgePromptError(f"{weights} has no {PEFT_KEY!r} tensor (found {sorted(t)}); is it a prompt-learning adapter?")
     emb = t[PEFT_KEY].astype(np.float32)
-    if not isinstance(cfg, dict):
-        raise BankError(f"{d / ADAPTER_CONFIG} is not a JSON object; is it a PEFT adapter config?")
     ptype = cfg.get("peft_type")
     P = cfg.get("num_virtual_tokens", emb.shape[0])
     if isinstance(P, bool) or not isinstance(P, int) or not 1 <= P <= 1024 or P != emb.shape[0]:
