@@ -99,7 +99,7 @@ def page(r: dict) -> str:
         "| operation | trials | kills in a write window | finished before the kill | torn | opened as old | opened as new |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for op, t in k["ops"].items() if "ops" in k else k.items():
+    for op, t in k.items():
         oc = t.get("outcomes", {})
         lines.append(
             f"| {op} | {t['trials']} | {t['kills_in_window']} | {t['completed_before_kill']} | **{t['torn']}** | {oc.get('old', 0)} | {oc.get('new', 0)} |"

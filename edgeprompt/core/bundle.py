@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ from edgeprompt.core.constants import (
     TaskRecordKeys,
 )
 from edgeprompt.core.errors import BundleError
-from edgeprompt.core.files import file_sha256, read_safetensors
+from edgeprompt.core.files import file_sha256, read_safetensors, set_aside_copy
 from edgeprompt.core.model_info import ModelInfo
 from edgeprompt.core.parity import ParityResult, Probe, load_probes
 
@@ -53,6 +54,14 @@ class Bundle:
     @classmethod
     def open(cls, path: str | Path, verify: bool = True, lazy_tasks: bool = False) -> "Bundle":
         path = Path(path)
+        aside = set_aside_copy(path)
+        if aside is not None and (aside / BUNDLE_MANIFEST_FILE).is_file():  # an export --overwrite was cut between its renames
+            warnings.warn(
+                f"{path} is missing: an export over it was cut between its two renames; opening its previous version, "
+                f"set aside as {aside.name} (export again, or any export to {path} puts it back).",
+                stacklevel=2,
+            )
+            path = aside
         mpath = path / BUNDLE_MANIFEST_FILE
         if not path.is_dir() or not mpath.exists():
             raise BundleError(f"{path} is not an edgeprompt bundle (no {BUNDLE_MANIFEST_FILE}); make one with `edgeprompt export`.")
@@ -116,6 +125,10 @@ class Bundle:
         needed = [self.model[ModelKeys.FILE], BUNDLE_TOKENIZER_FILE]
         if ModelKeys.EMBEDDINGS in self.model:
             needed.append(self.model[ModelKeys.EMBEDDINGS])
+        if self.format == ModelFormat.ONNX:  # onnxruntime reads external data the graph names beside it: all must be checked
+            model_dir = self.resolve(self.model[ModelKeys.FILE]).parent
+            rel_dir = os.path.dirname(self.model[ModelKeys.FILE])
+            needed += [f"{rel_dir}/{p.name}" if rel_dir else p.name for p in sorted(model_dir.iterdir())]
         for name, rec in self.tasks.items():
             needed += [f[TaskFormKeys.FILE] for f in rec.get(TaskRecordKeys.FORMS, {}).values() if TaskFormKeys.FILE in f]
             needed.append(f"{BUNDLE_BANK_DIR}/{TASKS_DIR}/{name}/{TASK_MANIFEST_FILE}")

@@ -211,6 +211,17 @@ def _recover_locked(final: Path) -> None:
         shutil.rmtree(stray, ignore_errors=True)
 
 
+def set_aside_copy(final: str | os.PathLike) -> Path | None:
+    """Where a reader finds ``final``'s previous version when a crash cut an :func:`atomic_directory` swap
+    between its two renames (``final`` missing, its copy set aside): that copy, or ``None``. Reads only:
+    a reader may be on read-only media; the next writer (or :func:`recover_directory`) puts it back."""
+    final = Path(final)
+    if final.exists() or not final.parent.is_dir():
+        return None
+    olds = _olds(final)
+    return olds[-1] if olds else None
+
+
 def recover_directory(final: str | os.PathLike) -> None:
     """Finish an :func:`atomic_directory` swap that a crash cut between its two renames.
 
