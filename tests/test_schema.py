@@ -39,6 +39,7 @@ MANIFEST_CASES = [
     ("tasks.pt.num_virtual_tokens", 0, BundleError, "tasks.pt.num_virtual_tokens"),
     ("tasks.pt.kind", "regression", BundleError, "tasks.pt.kind"),
     ("tasks.pt.forms", KeyError, BundleError, "forms"),
+    ("tasks.pt.forms.embeddings.file", None, BundleError, "tasks.pt.forms.embeddings.file"),  # the fuzzer's find: a TypeError
     ("model.format", "safetensors", BundleError, "model.format"),
     ("model.file", KeyError, BundleError, "file"),
     ("model.context_length", -5, BundleError, "model.context_length"),

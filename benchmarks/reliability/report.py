@@ -27,22 +27,33 @@ RESULTS = HERE / "results.json"
 PAGE = REPO / "docs" / "RELIABILITY.md"
 
 
-def measure(cases: int, trials: int, soak_seconds: float, clients: int) -> dict:
+PARTS = ("fuzz", "kill", "load")
+
+
+def measure(cases: int, trials: int, soak_seconds: float, clients: int, parts=PARTS, previous: dict | None = None) -> dict:
+    """Run ``parts``; the others are kept from ``previous`` (an earlier results.json)."""
     import fuzz
     import kill
     import load
 
     work = Path(tempfile.mkdtemp(prefix="edgeprompt-reliability-"))
-    out: dict = {"machine": {"cpu": _cpu(), "cores": _cores(), "python": platform.python_version()}, "date": time.strftime("%Y-%m-%d")}
-    t0 = time.perf_counter()
+    out: dict = dict(previous or {})
+    out.update(machine={"cpu": _cpu(), "cores": _cores(), "python": platform.python_version()}, date=time.strftime("%Y-%m-%d"))
+    seconds = out.setdefault("part_seconds", {})
     bundles = tiny_bundles(work)
-    print(f"fuzz: {cases} cases", flush=True)
-    out["fuzz"] = fuzz.run(bundles["onnx"], cases=cases)
-    print(f"kill -9: {trials} trials per operation", flush=True)
-    out["kill"] = kill.run(trials=trials, workdir=work / "kill")
-    print(f"load: {clients} clients per backend, then a {soak_seconds:.0f} s soak", flush=True)
-    out["load"] = load.run(work, clients=clients, soak_seconds=soak_seconds)
-    out["seconds"] = round(time.perf_counter() - t0)
+    for part in parts:
+        t0 = time.perf_counter()
+        if part == "fuzz":
+            print(f"fuzz: {cases} cases", flush=True)
+            out["fuzz"] = fuzz.run(bundles["onnx"], cases=cases)
+        elif part == "kill":
+            print(f"kill -9: {trials} trials per operation", flush=True)
+            out["kill"] = kill.run(trials=trials, workdir=work / "kill")
+        elif part == "load":
+            print(f"load: {clients} clients per backend, then a {soak_seconds:.0f} s soak", flush=True)
+            out["load"] = load.run(work, clients=clients, soak_seconds=soak_seconds)
+        seconds[part] = round(time.perf_counter() - t0)
+    out["seconds"] = sum(seconds.values())
     return out
 
 
@@ -69,7 +80,8 @@ def page(r: dict) -> str:
         "# Reliability: hostile input, kills and load",
         "",
         "Written by `benchmarks/reliability/report.py` (`make reliability`) from `benchmarks/reliability/results.json`;",
-        f"measured {r['date']} on {r['machine']['cpu']} ({r['machine']['cores']} cores), Python {r['machine']['python']}, in {r['seconds'] / 60:.0f} minutes.",
+        f"measured {r['date']} on {r['machine']['cpu']} ({r['machine']['cores']} cores), Python {r['machine']['python']}, in {r['seconds'] / 60:.0f} minutes "
+        f"({', '.join(f'{p} {s / 60:.0f} min' for p, s in r['part_seconds'].items())}).",
         "The models are the test suite's tiny random llama (built from a config, no download), exported as ONNX fp32 and GGUF f32,",
         "with a prompt-tuning task `pt` and a prefix-tuning task `px`. `make test` runs a quick version of each part.",
         "",
@@ -150,12 +162,19 @@ def main(argv=None) -> int:
     ap.add_argument("--trials", type=int, default=50)
     ap.add_argument("--soak-seconds", type=float, default=600.0)
     ap.add_argument("--clients", type=int, default=32)
+    ap.add_argument("--parts", default=",".join(PARTS), help="measure only these (comma-separated), keeping the others from results.json")
     ap.add_argument("--from-json", action="store_true", help="rewrite the page from results.json without measuring")
     args = ap.parse_args(argv)
     if args.from_json:
         r = json.loads(RESULTS.read_text())
     else:
-        r = measure(args.cases, args.trials, args.soak_seconds, args.clients)
+        parts = [p for p in args.parts.split(",") if p]
+        if unknown := set(parts) - set(PARTS):
+            ap.error(f"--parts: {sorted(unknown)} not among {PARTS}")
+        previous = json.loads(RESULTS.read_text()) if set(parts) != set(PARTS) and RESULTS.exists() else None
+        if set(parts) != set(PARTS) and previous is None:
+            ap.error("--parts needs an earlier results.json for the parts it does not measure")
+        r = measure(args.cases, args.trials, args.soak_seconds, args.clients, parts, previous)
         RESULTS.write_text(json.dumps(r, indent=2) + "\n")
     PAGE.write_text(page(r))
     print(f"wrote {PAGE.relative_to(REPO)}")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
-from msgspec import Meta, Struct
+from msgspec import UNSET, Meta, Struct, UnsetType
 
 from edgeprompt.core.constants import (
     BANK_FORMAT,
@@ -70,7 +70,7 @@ class ModelRecord(Struct):
     quant: Annotated[str, Meta(min_length=1, max_length=64)]
     file: RelPath
     context_length: Positive | None = None
-    embeddings: RelPath | None = None
+    embeddings: RelPath | UnsetType = UNSET  # absent or a path, never null
     tensor_types: dict[str, Count] = {}
     virtual_tokens: dict[Name, list[TokenId]] = {}
     logit_mask: list[TokenId] = []
@@ -85,9 +85,10 @@ class TokenizerRecord(Struct):
 
 
 class FormRecord(Struct):
-    file: RelPath | None = None
-    bytes: Count | None = None
-    ids: list[TokenId] | None = None
+    # absent, or a value: never null (readers test "file" in the record, then use it)
+    file: RelPath | UnsetType = UNSET
+    bytes: Count | UnsetType = UNSET
+    ids: list[TokenId] | UnsetType = UNSET
 
 
 class TaskRecord(Struct):
