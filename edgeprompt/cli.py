@@ -105,6 +105,7 @@ def _load_data(args, spec=None):
             "dev": args.dev,
             "test": args.test,
             "kind": args.kind,
+            "stratify": True,
         }
     kw = {k: v for k, v in load_args.items() if k != "source"}
     return load_dataset(load_args["source"], spec=spec, **kw), load_args
@@ -113,7 +114,7 @@ def _load_data(args, spec=None):
 def cmd_train(args) -> int:
     from edgeprompt.core.bank import PromptBank
     from edgeprompt.core.methods import all_methods, config_from_dict, get_method
-    from edgeprompt.train.loop import TrainConfig
+    from edgeprompt.train.loop import TrainConfig, adapt_to_data, label_counts, resolved
     from edgeprompt.train.models import FrozenLM
     from edgeprompt.train.workflows import format_reports, train_task
 
@@ -144,20 +145,31 @@ def cmd_train(args) -> int:
         raise EdgePromptError(f"{flags} do not apply to --method {spec_m.name}" + (f"; they are options of {', '.join(owners)}." if owners else "."))
     mcfg.update(given)
     method_config = config_from_dict(spec_m.config_cls, mcfg)
+    given = {k: getattr(args, k) for k in ("steps", "eval_every", "warmup_steps") if getattr(args, k) is not None}
     tcfg = TrainConfig(
-        steps=args.steps,
         batch_size=args.batch_size,
         lr=args.lr,
         max_length=args.max_length,
-        eval_every=args.eval_every,
         checkpoint_every=args.checkpoint_every,
         seed=args.seed,
-        warmup_steps=args.warmup_steps,
+        balance=args.balance,
+        select=args.select,
+        calibration=args.calibration,
+        **given,
     )
     bank = PromptBank(args.bank)
     data, load_args = _load_data(args)
     name = args.name or f"{data.name}-{spec_m.name.split('_')[0]}"
     print(f"data: {data.name}: {len(data.train)} train / {len(data.dev)} dev / {len(data.test)} test", file=sys.stderr)
+    tcfg, notes = adapt_to_data(tcfg, len(data.train), set(given))
+    balance, select = resolved(tcfg, data)
+    if data.spec.kind == TaskKind.CLASSIFICATION:
+        counts = label_counts(data)
+        notes.append(
+            f"labels {', '.join(f'{k} {v}' for k, v in counts.items())}: loss {'weighted by class' if balance == 'weights' else 'unweighted'}, kept state by dev {select}"
+        )
+    for note in notes:
+        print(f"  {note}", file=sys.stderr)
     lm = FrozenLM.load(args.model)
     print(f"model: {lm.info.name} (fingerprint {lm.info.fingerprint[:16]})", file=sys.stderr)
     against = None
@@ -184,7 +196,7 @@ def cmd_train(args) -> int:
     print(f"saved task {name!r} ({spec_m.name}, P={task.num_virtual_tokens}) to bank {bank.root} after {summary['wall_time_s']:.0f} s of training")
     if "reports" in summary:
         print(f"test split of {data.name}:")
-        print(format_reports(data.spec, summary["reports"]))
+        print(format_reports(task.spec, summary["reports"]))
     return 0
 
 
@@ -576,17 +588,29 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--encoder-hidden-size", type=int, help="prefix: MLP width (default 512)")
     t.add_argument("--encoder", choices=["model+mlp", "mlp"], help="prefix: reparameterisation (default model+mlp; mlp is PEFT's)")
     t.add_argument("--mlp-lr-ratio", type=float, help="prefix, model+mlp: the MLP's lr as a fraction of --lr (default 1e-3)")
-    t.add_argument("--steps", type=int, default=200)
+    t.add_argument("--steps", type=int, help="optimizer steps (default 200, fewer on small data: at most 10 epochs; said at the start)")
     t.add_argument("--batch-size", type=int, default=8)
     t.add_argument("--lr", type=float, help="learning rate (default: per method: prompt 0.1; prefix 0.3, or 3e-4 with --encoder mlp; see benchmarks/sweep.md)")
-    t.add_argument("--warmup-steps", type=int, default=10)
+    t.add_argument("--warmup-steps", type=int, help="linear warm-up steps (default 10, or a tenth of the steps)")
     t.add_argument(
         "--max-length",
         type=int,
         default=96,
         help="training only: longest input + label in tokens (text is cut to fit, for speed); eval and runtimes take texts whole",
     )
-    t.add_argument("--eval-every", type=int, default=100, help="dev evaluation every N steps; the best dev state is kept")
+    t.add_argument("--eval-every", type=int, help="dev evaluation every N steps (default 100, or 5 in a short run); the best dev state is kept")
+    t.add_argument(
+        "--balance", choices=["auto", "weights", "none"], default="auto", help="class weights in the loss (auto: when the labels are skewed 1.5:1 or more)"
+    )
+    t.add_argument(
+        "--select", choices=["auto", "accuracy", "macro_f1"], default="auto", help="dev metric that picks the kept state (auto: macro-F1 when skewed)"
+    )
+    t.add_argument(
+        "--calibration",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="content-free label-prior correction, stored in the task and applied everywhere (auto: kept when dev does not drop)",
+    )
     t.add_argument("--checkpoint-every", type=int, default=50)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, help="torch threads (default: all cores)")

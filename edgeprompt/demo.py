@@ -83,9 +83,9 @@ def run_demo(
         log(f"[1/4] training {name} ({method}) on {len(data.train)} {data.name} examples ...")
         spec = get_method(method)
         cfg = TrainConfig() if steps is None else TrainConfig(steps=steps, eval_every=max(steps // 2, 1))
-        _, summary = train_task(lm, data, data_args, method, spec.config_cls(), cfg, bank, name, overwrite=True, progress=True)
+        task, summary = train_task(lm, data, data_args, method, spec.config_cls(), cfg, bank, name, overwrite=True, progress=True)
         if "reports" in summary:
-            log(format_reports(data.spec, summary["reports"]))
+            log(format_reports(task.spec, summary["reports"]))
     timings["train_s"] = time.perf_counter() - t0
     t = time.perf_counter()
     paths = []

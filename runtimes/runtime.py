@@ -37,7 +37,7 @@ from edgeprompt.core.constants import (
     TokenizerKeys,
 )
 from edgeprompt.core.errors import BundleError, EdgePromptError, RequestError
-from edgeprompt.core.parity import PLAIN, ParityResult, Probe, compare
+from edgeprompt.core.parity import PLAIN, LabelIds, ParityResult, Probe, compare
 from edgeprompt.core.tasks import input_ids
 from edgeprompt.runtimes.backend import BACKENDS, Backend, Prefix, backend_for_format
 from edgeprompt.runtimes.cache import PrefixCache
@@ -186,11 +186,11 @@ class Runtime:
                         scores[k] += log_softmax(seq2.feed_ids([a])[: self.vocab_size])[b]
         if not np.isfinite(scores).all():
             raise EdgePromptError(f"task {task!r}: the model gave non-finite label scores {scores.tolist()}; the model file or task is broken.")
-        probs = np.exp(scores - scores.max())
-        probs /= probs.sum()
+        decided = spec.decide(scores)  # log-probabilities over the labels, calibrated when the task is
+        probs = np.exp(decided)
         labels = spec.labels
         return Classification(
-            label=labels[int(np.argmax(scores))],
+            label=labels[int(np.argmax(decided))],
             probabilities={lab: float(p) for lab, p in zip(labels, probs)},
             logprobs={lab: float(s) for lab, s in zip(labels, scores)},
         )
@@ -259,9 +259,13 @@ class Runtime:
                 yield full[len(emitted) :]
 
     # -- parity ---------------------------------------------------------------------------------
-    def label_ids(self) -> dict[str, tuple[list[str], list[int]]]:
-        """Per classification task: its labels and the first token of each verbalizer."""
-        return {name: (e.spec.labels, [v[0] for v in self.store.verbalizers(e)]) for name, e in self.store.items() if e.spec.kind == TaskKind.CLASSIFICATION}
+    def label_ids(self) -> LabelIds:
+        """Per classification task: its labels, the first token of each verbalizer and its calibration (or None)."""
+        return {
+            name: (e.spec.labels, [v[0] for v in self.store.verbalizers(e)], e.spec.calibration)
+            for name, e in self.store.items()
+            if e.spec.kind == TaskKind.CLASSIFICATION
+        }
 
     def check_parity(self, probes: Sequence[Probe] | None = None, reference: np.ndarray | None = None) -> dict[str, ParityResult]:
         """Rerun the export's parity probes on this device against the stored torch reference."""

@@ -197,6 +197,7 @@ class PromptBank:
             TaskKeys.INSTRUCTION: spec.instruction,
             TaskKeys.LABELS: list(spec.labels),
             TaskKeys.VERBALIZERS: dict(spec.verbalizers),
+            **({TaskKeys.CALIBRATION: spec.calibration.to_dict()} if spec.calibration is not None else {}),
             TaskKeys.BASE_MODEL: info.to_dict(),
             TaskKeys.CREATED: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             TaskKeys.INPUT_RULE: dict(INPUT_RULE),

@@ -101,6 +101,7 @@ class TaskKeys:
     SOURCE = "source"  # "edgeprompt" or "peft"
     TRAINED_AGAINST = "trained_against"  # train --against BUNDLE: {bundle, format, quant, model_sha256}
     INPUT_RULE = "input_rule"  # how inputs are encoded everywhere (core.tasks.INPUT_RULE) and training's cut
+    CALIBRATION = "calibration"  # {"method", "inputs", "log_prior": [per label]}: core.tasks.Calibration
 
 
 class OnnxNames:

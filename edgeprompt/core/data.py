@@ -85,8 +85,26 @@ def dedupe(rows: Iterable[Example]) -> list[Example]:
     return [ex for k, ex in first.items() if k not in conflicted]
 
 
-def split(rows: list[Example], seed: int, dev: int | float, test: int | float) -> tuple[list, list, list]:
-    """Seeded shuffle, then ``test`` and ``dev`` examples off the front (counts or fractions)."""
+def _allocate(total: int, sizes: list[int]) -> list[int]:
+    """``total`` split across groups in proportion to ``sizes`` (largest remainder), never more than a group has."""
+    n = sum(sizes)
+    if not n:
+        return [0] * len(sizes)
+    exact = [total * s / n for s in sizes]
+    out = [min(int(x), s) for x, s in zip(exact, sizes)]
+    for i in sorted(range(len(sizes)), key=lambda i: exact[i] - int(exact[i]), reverse=True):
+        if sum(out) >= total:
+            break
+        if out[i] < sizes[i]:
+            out[i] += 1
+    return out
+
+
+def split(rows: list[Example], seed: int, dev: int | float, test: int | float, stratify: bool = False) -> tuple[list, list, list]:
+    """Seeded shuffle, then ``test`` and ``dev`` examples off the front (counts or fractions).
+
+    ``stratify``: each label keeps its share in every split (a label of 9% is 9% of dev and of test, not 0%
+    by chance on a few hundred rows): the same seeded shuffle per label, sizes by largest remainder."""
     for what, v in (("dev", dev), ("test", test)):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or v in (float("inf"), float("-inf")):
             raise DataError(f"--{what} {v!r}: give a count (e.g. 100) or a fraction (e.g. 0.1).")
@@ -101,7 +119,25 @@ def split(rows: list[Example], seed: int, dev: int | float, test: int | float) -
         raise EdgePromptError(f"split sizes must not be negative (dev={dev}, test={test}).")
     if n - n_test - n_dev < 1:
         raise EdgePromptError(f"only {n} distinct examples: not enough for dev={n_dev} and test={n_test} plus training.")
-    return rows[n_test + n_dev :], rows[n_test : n_test + n_dev], rows[:n_test]
+    if not stratify:
+        return rows[n_test + n_dev :], rows[n_test : n_test + n_dev], rows[:n_test]
+    groups: dict[str, list[Example]] = {}
+    for ex in rows:  # rows are shuffled: each group is a seeded shuffle of its label's rows
+        groups.setdefault(ex.label, []).append(ex)
+    labels = sorted(groups)
+    sizes = [len(groups[lab]) for lab in labels]
+    t = _allocate(n_test, sizes)
+    d = _allocate(n_dev, [s - k for s, k in zip(sizes, t)])
+    tr, dv, te = [], [], []
+    for lab, k_t, k_d in zip(labels, t, d):
+        g = groups[lab]
+        te += g[:k_t]
+        dv += g[k_t : k_t + k_d]
+        tr += g[k_t + k_d :]
+    mix = random.Random(seed + 1)
+    for part in (tr, dv, te):
+        mix.shuffle(part)
+    return tr, dv, te
 
 
 #: A CSV field may hold a long document (the csv module's default cap is 131,072 characters).
@@ -196,8 +232,10 @@ def load_file(
     dev: int | float = 0.1,
     test: int | float = 0.1,
     kind: TaskKind = TaskKind.CLASSIFICATION,
+    stratify: bool = True,
 ) -> Dataset:
-    """Load a CSV/JSONL and split it. Without ``spec``, labels are the sorted distinct values."""
+    """Load a CSV/JSONL and split it (stratified by label for classification, unless ``stratify=False``: the
+    split of tasks trained before it was the default). Without ``spec``, labels are the sorted distinct values."""
     path = Path(path)
     rows = dedupe(read_rows(path, text_column, label_column))
     if not rows:
@@ -214,7 +252,7 @@ def load_file(
         else:
             spec = TaskSpec(kind=kind, template="{text}\n", instruction="")
     check_labels(rows, spec, str(path))
-    tr, dv, te = split(rows, seed, dev, test)
+    tr, dv, te = split(rows, seed, dev, test, stratify=stratify and spec.kind == TaskKind.CLASSIFICATION)
     return Dataset(path.stem, spec, tr, dv, te, source=str(path.resolve()))
 
 
@@ -235,4 +273,6 @@ def dataset_for_task(task) -> Dataset:
     if not source:
         raise EdgePromptError(f"task {task.name!r} does not record its data; pass --data.")
     args.pop("spec", None)
+    if source not in BUILTIN_TASKS:
+        args.setdefault("stratify", False)  # tasks recorded before stratified splits: rebuild their split exactly
     return load_dataset(source, spec=task.spec, **args)

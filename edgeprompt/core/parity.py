@@ -65,8 +65,9 @@ class ParityResult:
         )
 
 
-#: Per task: (label names, first token id of each label's verbalizer), for label predictions.
-LabelIds = dict[str, tuple[Sequence[str], Sequence[int]]]
+#: Per task: (label names, first token id of each label's verbalizer[, its Calibration or None]), for label
+#: predictions: decided over those logits, calibrated as every runtime decides (TaskSpec.decide).
+LabelIds = dict[str, tuple]
 
 
 def compare(
@@ -93,8 +94,10 @@ def compare(
         top1 = float(np.mean(r.argmax(-1) == c.argmax(-1)))
         lab_agree = acc_r = acc_c = None
         if task in label_ids:
-            names, ids = label_ids[task]
-            pr, pc = r[:, list(ids)].argmax(-1), c[:, list(ids)].argmax(-1)
+            names, ids, *rest = label_ids[task]
+            cal = rest[0] if rest else None
+            decide = (lambda x: x) if cal is None else cal.apply
+            pr, pc = decide(r[:, list(ids)]).argmax(-1), decide(c[:, list(ids)]).argmax(-1)
             lab_agree = float(np.mean(pr == pc))
             gold = [probes[i].label for i in rows]
             if all(g in names for g in gold):

@@ -144,6 +144,12 @@ class TensorRecord(Struct):
     dtype: Literal["float32"]
 
 
+class CalibrationRecord(Struct):
+    log_prior: Annotated[list[Finite], Meta(min_length=2, max_length=MAX_LABELS)]
+    method: str = "content_free"
+    inputs: list[Text] = []
+
+
 class TaskManifest(Struct):
     FORMAT: ClassVar[str] = TASK_FORMAT
     VERSION: ClassVar[int] = TASK_VERSION
@@ -160,6 +166,7 @@ class TaskManifest(Struct):
     instruction: Text = ""
     labels: Annotated[list[Annotated[str, Meta(min_length=1, max_length=1000)]], Meta(max_length=MAX_LABELS)] = []
     verbalizers: dict[str, Annotated[str, Meta(min_length=1, max_length=1000)]] = {}
+    calibration: CalibrationRecord | None = None
 
 
 # -- interop and training -------------------------------------------------------------------------

@@ -18,12 +18,56 @@ the text, so "Tweet: {text}" tokenizes as a model expects (" hello", not " " + "
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
+
+import numpy as np
 
 from edgeprompt.core.constants import TaskKeys, TaskKind
 from edgeprompt.core.errors import EdgePromptError, RequestError
 
 Encoder = Callable[[str], list]
+
+
+#: The content-free inputs of "Calibrate Before Use" (Zhao et al., 2021): texts that say nothing, so what the
+#: model answers for them is its bias toward each label under this task's prompt and template.
+CONTENT_FREE_INPUTS = ("N/A", "", "[MASK]")
+
+
+@dataclass
+class Calibration:
+    """A label-prior correction, applied the same way by eval, the parity gate and every runtime.
+
+    ``log_prior[k]``: log of the model's mean probability of label ``k`` (normalised over the labels) on the
+    content-free ``inputs``. A decision uses ``log_softmax(scores) - log_prior`` over the labels: a label the
+    prompt favours whatever the text loses that favour ("Calibrate Before Use", Zhao et al., 2021).
+    """
+
+    log_prior: list[float]
+    method: str = "content_free"
+    inputs: list[str] = field(default_factory=lambda: list(CONTENT_FREE_INPUTS))
+
+    def apply(self, scores: np.ndarray) -> np.ndarray:
+        """Calibrated label log-probabilities ``[..., K]`` from label scores ``[..., K]`` (any log scale)."""
+        s = np.asarray(scores, dtype=np.float64)
+        s = s - s.max(-1, keepdims=True)
+        s = s - np.log(np.exp(s).sum(-1, keepdims=True))
+        c = s - np.asarray(self.log_prior, dtype=np.float64)
+        c = c - c.max(-1, keepdims=True)
+        return c - np.log(np.exp(c).sum(-1, keepdims=True))
+
+    @classmethod
+    def from_probabilities(cls, probs: np.ndarray, method: str = "content_free", inputs: Sequence[str] = CONTENT_FREE_INPUTS) -> "Calibration":
+        """From label probabilities ``[n, K]`` on the ``n`` content-free inputs (rows sum to 1)."""
+        mean = np.asarray(probs, dtype=np.float64).mean(0)
+        mean = np.clip(mean / mean.sum(), 1e-12, None)
+        return cls([float(x) for x in np.log(mean / mean.sum())], method, list(inputs))
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, "inputs": list(self.inputs), "log_prior": [round(x, 6) for x in self.log_prior]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Calibration":
+        return cls([float(x) for x in d["log_prior"]], d.get("method", "content_free"), list(d.get("inputs", CONTENT_FREE_INPUTS)))
 
 
 @dataclass
@@ -37,6 +81,7 @@ class TaskSpec:
             text that initialises a prompt with ``init="text"``.
         labels: ordered label names (classification).
         verbalizers: the text the model should produce for each label, default ``" " + label``.
+        calibration: a label-prior correction (:class:`Calibration`), or none: labels decided by their scores.
     """
 
     kind: TaskKind = TaskKind.CLASSIFICATION
@@ -44,6 +89,7 @@ class TaskSpec:
     instruction: str = ""
     labels: list[str] = field(default_factory=list)
     verbalizers: dict[str, str] = field(default_factory=dict)
+    calibration: Calibration | None = None
 
     def __post_init__(self):
         self.kind = TaskKind(self.kind)
@@ -62,6 +108,18 @@ class TaskSpec:
                 raise EdgePromptError(f"two labels share a verbalizer: {self.verbalizers!r}.")
         elif self.labels:
             raise EdgePromptError("a generation task takes no labels (its targets are texts).")
+        if self.calibration is not None:
+            lp = self.calibration.log_prior
+            if len(lp) != len(self.labels) or not np.isfinite(lp).all():
+                raise EdgePromptError(f"calibration: log_prior needs one finite value per label ({len(self.labels)}), got {lp!r}.")
+
+    def decide(self, scores: np.ndarray) -> np.ndarray:
+        """The label log-probabilities ``[..., K]`` a decision is taken on: calibrated when the task is."""
+        if self.calibration is not None:
+            return self.calibration.apply(scores)
+        s = np.asarray(scores, dtype=np.float64)
+        s = s - s.max(-1, keepdims=True)
+        return s - np.log(np.exp(s).sum(-1, keepdims=True))
 
     def split_template(self) -> tuple[str, str, bool]:
         head, tail = self.template.split("{text}")
@@ -95,6 +153,7 @@ class TaskSpec:
             instruction=m.get(TaskKeys.INSTRUCTION, ""),
             labels=m.get(TaskKeys.LABELS) or [],
             verbalizers=m.get(TaskKeys.VERBALIZERS) or {},
+            calibration=Calibration.from_dict(m[TaskKeys.CALIBRATION]) if m.get(TaskKeys.CALIBRATION) else None,
         )
 
 

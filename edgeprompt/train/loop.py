@@ -12,7 +12,7 @@ import math
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +49,14 @@ class TrainConfig:
     eval_examples: int = 200  # dev examples per evaluation
     checkpoint_every: int = 50
     seed: int = 0
+    balance: str = "auto"  # class weights in the loss: auto (when the labels are skewed), weights, none
+    select: str = "auto"  # the dev metric that picks the kept state: auto (macro-F1 when skewed), accuracy, macro_f1
+    calibration: str = "auto"  # content-free label prior: auto (kept when dev improves), on, off
 
     def __post_init__(self):
+        for name, allowed in (("balance", BALANCE), ("select", SELECT), ("calibration", CALIBRATION)):
+            if getattr(self, name) not in allowed:
+                raise EdgePromptError(f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}.")
         for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "max_length"):
             if int(getattr(self, name)) < 1:
                 raise EdgePromptError(f"{name}={getattr(self, name)} must be at least 1.")
@@ -67,6 +73,71 @@ class TrainConfig:
         span = max(1, self.steps - self.warmup_steps)
         t = min(1.0, (step - self.warmup_steps) / span)
         return base * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+BALANCE = ("auto", "weights", "none")
+SELECT = ("auto", "accuracy", "macro_f1")
+CALIBRATION = ("auto", "on", "off")
+#: Labels are *skewed* when the most frequent is this many times the least frequent in the training split: then
+#: ``auto`` weighs the loss by class and picks the kept state by dev macro-F1 (accuracy rewards the majority).
+SKEW_RATIO = 1.5
+
+
+def label_counts(data: Dataset) -> dict[str, int]:
+    counts = {lab: 0 for lab in data.spec.labels}
+    for ex in data.train:
+        counts[ex.label] = counts.get(ex.label, 0) + 1
+    return counts
+
+
+def is_skewed(data: Dataset) -> bool:
+    if data.spec.kind != TaskKind.CLASSIFICATION:
+        return False
+    c = [n for n in label_counts(data).values()]
+    return min(c) == 0 or max(c) / min(c) >= SKEW_RATIO
+
+
+def class_weights(data: Dataset) -> dict[str, float]:
+    """Inverse-frequency weights, mean 1 over the training examples: each label weighs as much in the loss."""
+    counts = label_counts(data)
+    K, n = sum(1 for c in counts.values() if c), len(data.train)
+    return {lab: (n / (K * c) if c else 0.0) for lab, c in counts.items()}
+
+
+def resolved(config: TrainConfig, data: Dataset) -> tuple[str, str]:
+    """What ``auto`` means for this data: (balance, select)."""
+    classification = data.spec.kind == TaskKind.CLASSIFICATION
+    skew = is_skewed(data)
+    balance = config.balance if config.balance != "auto" else ("weights" if skew else "none")
+    select = config.select if config.select != "auto" else ("macro_f1" if skew else "accuracy")
+    return (balance if classification else "none"), (select if classification else "nll")
+
+
+def adapt_to_data(config: TrainConfig, n_train: int, given: set[str] = frozenset()) -> tuple[TrainConfig, list[str]]:
+    """Small data: steps, eval cadence and warm-up adapt to the training split's size, each said in a note;
+    a setting in ``given`` (the user's) is kept. At most :data:`MAX_EPOCHS` passes over the data (more overfits a
+    few hundred rows), at least :data:`MIN_STEPS`; the dev split is scored about :data:`EVALS` times."""
+    notes, changes = [], {}
+    bs = config.batch_size
+    if "steps" not in given:
+        steps = max(MIN_STEPS, min(config.steps, math.ceil(MAX_EPOCHS * n_train / bs)))
+        if steps != config.steps:
+            changes["steps"] = steps
+            notes.append(f"steps {steps} (not {config.steps}): {n_train} training rows, at most {MAX_EPOCHS} epochs of {bs}; --steps overrides")
+    steps = changes.get("steps", config.steps)
+    if "eval_every" not in given and "steps" in changes:  # a shortened run still scores dev several times
+        every = max(1, min(config.eval_every, steps // EVALS))
+        if every != config.eval_every:
+            changes["eval_every"] = every
+            notes.append(f"dev evaluation every {every} steps ({EVALS} in {steps}); --eval-every overrides")
+    if "warmup_steps" not in given and "steps" in changes and config.warmup_steps > steps // 10:
+        changes["warmup_steps"] = max(1, steps // 10)
+    return (replace(config, **changes) if changes else config), notes
+
+
+MAX_EPOCHS = 10
+MIN_STEPS = 30
+EVALS = 5
 
 
 @dataclass
@@ -91,15 +162,21 @@ def batch_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
     return np.array(out)
 
 
-def loss_on_batch(lm: FrozenLM, module, batch) -> torch.Tensor:
-    """Mean cross-entropy on the target tokens only (label verbalizers or target text)."""
+def loss_on_batch(lm: FrozenLM, module, batch, row_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean cross-entropy on the target tokens only (label verbalizers or target text); with ``row_weights``
+    ``[B]`` (class weights of each example), the weighted mean."""
     h = text_hidden(lm, module.kv(lm), batch.input_ids, batch.attention_mask)  # (B, T, d)
     logits = logits_at(lm, h[batch.tgt_rows, batch.tgt_pos - 1])  # (N, vocab): target rows only
-    return F.cross_entropy(logits.float(), batch.tgt_ids)
+    if row_weights is None:
+        return F.cross_entropy(logits.float(), batch.tgt_ids)
+    w = row_weights[batch.tgt_rows]
+    return (F.cross_entropy(logits.float(), batch.tgt_ids, reduction="none") * w).sum() / w.sum()
 
 
-def dev_score(report) -> float:
-    return report.accuracy if hasattr(report, "accuracy") else -report["nll"]
+def dev_score(report, select: str = "accuracy") -> float:
+    if not hasattr(report, "accuracy"):
+        return -report["nll"]
+    return report.macro_f1 if select == "macro_f1" else report.accuracy
 
 
 class _SigintFlag:
@@ -193,6 +270,9 @@ class _Run:
         self.enc = Encoder(lm, data.spec, config.max_length)
         self._encoded: dict[int, Any] = {}  # encoded lazily: a run touches steps*batch_size examples, not all
         self.dev = data.dev[: config.eval_examples]
+        self.balance, self.select = resolved(config, data)
+        weights = class_weights(data) if self.balance == "weights" else None
+        self.row_weight = None if weights is None else torch.tensor([weights[ex.label] for ex in data.train], dtype=torch.float32)
         self.step = 0
         self.loop: dict[str, Any] = {"best_step": -1, "best_score": None, "best_dev": {}, "history": [], "loss_ema": None, "wall_s": 0.0}
         self.best = self._weights()
@@ -212,7 +292,7 @@ class _Run:
         batch = collate([self.encoded(i) for i in idx], lm.pad_token_id)
         for g in self.opt.param_groups:
             g["lr"] = cfg.lr_at(self.step, g["base_lr"])
-        loss = loss_on_batch(lm, self.module, batch)
+        loss = loss_on_batch(lm, self.module, batch, None if self.row_weight is None else self.row_weight[torch.as_tensor(idx)])
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip:
@@ -231,7 +311,7 @@ class _Run:
         with torch.no_grad():
             report = evaluate(self.lm, self.module.kv(self.lm), self.data.spec, self.dev, self.config.max_length)
         history[-1]["dev"] = report_dict(report)
-        score = dev_score(report)  # unrounded: ties and tiny NLL changes compare exactly
+        score = dev_score(report, self.select)  # unrounded: ties and tiny NLL changes compare exactly
         if self.loop["best_score"] is None or score > self.loop["best_score"]:
             self.best = self._weights()
             self.loop.update(best_step=self.step, best_score=score, best_dev=history[-1]["dev"])
@@ -299,7 +379,7 @@ def _run_steps(run: _Run, name: str, ckpt: Path | None, meta: dict, progress: bo
                 if bar is not None:
                     post = {"loss": f"{loop['loss_ema']:.3f}"}
                     if loop["best_score"] is not None:
-                        post["dev"] = f"{loop['best_score']:.3f}"  # accuracy, or -NLL for generation
+                        post["dev"] = f"{loop['best_score']:.3f}"  # accuracy or macro-F1 (--select), or -NLL for generation
                     bar.set_postfix(post)
                     bar.update(1)
                 if ckpt is not None and (step % config.checkpoint_every == 0 or sigint.hit or step == config.steps):

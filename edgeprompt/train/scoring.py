@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from edgeprompt.core.constants import TaskKind
 from edgeprompt.core.data import Example
 from edgeprompt.core.metrics import classification_report
-from edgeprompt.core.tasks import TaskSpec
+from edgeprompt.core.tasks import CONTENT_FREE_INPUTS, Calibration, TaskSpec
 from edgeprompt.train.batching import Encoder, collate
 from edgeprompt.train.forward import KV, kv_from_embeddings, logits_at, prefix_length, text_hidden
 from edgeprompt.train.models import FrozenLM
@@ -64,6 +64,17 @@ def label_logprobs(lm: FrozenLM, kv: KV | None, enc: Encoder, examples: list[Exa
 
 
 @torch.no_grad()
+def content_free_calibration(lm: FrozenLM, kv: KV | None, spec: TaskSpec) -> Calibration:
+    """The task's label prior under prefix ``kv`` on the content-free inputs (:data:`CONTENT_FREE_INPUTS`):
+    what it answers for a text that says nothing ("Calibrate Before Use", Zhao et al., 2021)."""
+    enc = Encoder(lm, spec, None, prefix_len=prefix_length(kv))
+    examples = [Example(text, spec.labels[0]) for text in CONTENT_FREE_INPUTS]
+    lp = label_logprobs(lm, kv, enc, examples)
+    probs = np.exp(lp - lp.max(1, keepdims=True))
+    return Calibration.from_probabilities(probs / probs.sum(1, keepdims=True))
+
+
+@torch.no_grad()
 def generation_report(lm: FrozenLM, kv: KV | None, enc: Encoder, examples: list[Example], batch_size: int = 16) -> dict:
     """Teacher-forced target NLL, perplexity and token accuracy of a generation task."""
     nll, correct, n = 0.0, 0, 0
@@ -87,5 +98,5 @@ def evaluate(lm: FrozenLM, kv: KV | None, spec: TaskSpec, examples: list[Example
     if spec.kind == TaskKind.CLASSIFICATION:
         lp = label_logprobs(lm, kv, enc, examples, batch_size)
         gold = np.array([enc.label_index[ex.label] for ex in examples], dtype=np.int64)
-        return classification_report(gold, lp.argmax(1), spec.labels)
+        return classification_report(gold, spec.decide(lp).argmax(1), spec.labels)  # calibrated when the task is
     return generation_report(lm, kv, enc, examples, batch_size)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
+import numpy as np
 import torch
 
 from edgeprompt.core.bank import BankTask, PromptBank, check_task_name
@@ -17,9 +18,9 @@ from edgeprompt.core.files import recover_directory
 from edgeprompt.core.methods import get_method
 from edgeprompt.core.metrics import report_dict
 from edgeprompt.core.tasks import INPUT_RULE, TaskSpec
-from edgeprompt.train.loop import TrainConfig, train
+from edgeprompt.train.loop import TrainConfig, dev_score, label_counts, resolved, train
 from edgeprompt.train.models import FrozenLM
-from edgeprompt.train.scoring import evaluate, instruction_kv
+from edgeprompt.train.scoring import content_free_calibration, evaluate, instruction_kv
 
 CHECKPOINTS_DIR = ".checkpoints"
 
@@ -55,6 +56,11 @@ def train_task(
         raise EdgePromptError(f"an interrupted run of {name!r} has a checkpoint in {ckpt}: continue it with --resume, or delete that folder to start afresh.")
     result = train(lm, data, spec_m.name, method_config, config, checkpoint_dir=ckpt, resume=resume, progress=progress)
     tensors = result.module.fold(lm)
+    balance, select = resolved(config, data)
+    spec, calibration = data.spec, None
+    if spec.kind == TaskKind.CLASSIFICATION and config.calibration != "off":
+        with torch.no_grad():
+            spec, calibration = choose_calibration(lm, result.module.kv(lm), spec, data.dev[: config.eval_examples], select, config.calibration)
     training = {
         "method_config": method_config.to_dict(),
         "train_config": {**asdict(config), "lr": result.lr},
@@ -63,21 +69,42 @@ def train_task(
         "wall_time_s": round(result.wall_time_s, 1),
         "history": result.history,
         "torch_threads": torch.get_num_threads(),
+        "label_counts": label_counts(data) if spec.kind == TaskKind.CLASSIFICATION else None,
+        "balance": balance,
+        "select": select,
+        "calibration": calibration,
     }
     metrics = {"dev": result.best_dev}
     extra = {TaskKeys.SOURCE: "edgeprompt", TaskKeys.TRAINING: training, TaskKeys.DATA: data_record(data, load_args), TaskKeys.METRICS: metrics}
     extra[TaskKeys.INPUT_RULE] = {**INPUT_RULE, "train_max_length": config.max_length}
     if against:
         extra[TaskKeys.TRAINED_AGAINST] = against
-    task = bank.add(name, spec_m.name, tensors, data.spec, lm.info, extra=extra, overwrite=True)
+    task = bank.add(name, spec_m.name, tensors, spec, lm.info, extra=extra, overwrite=True)
     shutil.rmtree(ckpt, ignore_errors=True)
     summary: dict[str, Any] = {"task": name, "method": spec_m.name, "wall_time_s": training["wall_time_s"], "dev": result.best_dev}
     if evaluate_test and data.test:
         rep = evaluate_task(lm, task, data.test)
-        metrics["test"], metrics["zero_shot_test"] = rep["task"], rep["zero_shot"]
+        metrics["test"], metrics["zero_shot_test"], metrics["zero_shot_calibrated_test"] = rep["task"], rep["zero_shot"], rep["zero_shot_calibrated"]
         task = bank.update_manifest(name, **{TaskKeys.METRICS: metrics})
-        summary.update(test=rep["task"], zero_shot_test=rep["zero_shot"], reports=rep["reports"])
+        summary.update(test=rep["task"], zero_shot_test=rep["zero_shot"], zero_shot_calibrated_test=rep["zero_shot_calibrated"], reports=rep["reports"])
     return task, summary
+
+
+def choose_calibration(lm: FrozenLM, kv, spec: TaskSpec, dev: list[Example], select: str, mode: str) -> tuple[TaskSpec, dict]:
+    """The content-free calibration of a trained prompt, and whether it is kept: ``on``, or ``auto`` when it
+    does not lower the dev score (``select``: accuracy or macro-F1) and dev has examples. Returns the spec to
+    store and the record of the choice (both dev scores)."""
+    cal = content_free_calibration(lm, kv, spec)
+    rec: dict[str, Any] = {"prior": dict(zip(spec.labels, [round(float(np.exp(x)), 4) for x in cal.log_prior])), "select": select}
+    keep = mode == "on"
+    if dev:
+        raw = evaluate(lm, kv, spec, dev)
+        calibrated = evaluate(lm, kv, replace(spec, calibration=cal), dev)
+        rec["dev_without"], rec["dev_with"] = report_dict(raw), report_dict(calibrated)
+        if mode == "auto":
+            keep = dev_score(calibrated, select) >= dev_score(raw, select)
+    rec["kept"] = keep
+    return (replace(spec, calibration=cal) if keep else spec), rec
 
 
 def task_kv(lm: FrozenLM, task: BankTask):
@@ -102,17 +129,33 @@ def evaluate_task(lm: FrozenLM, task: BankTask, examples: list[Example], max_len
     t0 = time.perf_counter()
     with torch.no_grad():
         rep = evaluate(lm, task_kv(lm, task), spec, examples, max_length)
-        zs = evaluate(lm, instruction_kv(lm, spec), spec, examples, max_length) if baseline else None
-    return {"task": report_dict(rep), "zero_shot": report_dict(zs), "reports": (rep, zs), "eval_s": round(time.perf_counter() - t0, 1)}
+        zs = zsc = None
+        if baseline:  # the baseline as is, and calibrated the same way as a task is (its own content-free prior)
+            base_kv, base_spec = instruction_kv(lm, spec), replace(spec, calibration=None)
+            zs = evaluate(lm, base_kv, base_spec, examples, max_length)
+            if spec.kind == TaskKind.CLASSIFICATION:
+                zsc = evaluate(lm, base_kv, replace(base_spec, calibration=content_free_calibration(lm, base_kv, base_spec)), examples, max_length)
+    return {
+        "task": report_dict(rep),
+        "zero_shot": report_dict(zs),
+        "zero_shot_calibrated": report_dict(zsc),
+        "reports": (rep, zs, zsc),
+        "eval_s": round(time.perf_counter() - t0, 1),
+    }
 
 
 def format_reports(spec: TaskSpec, reports: tuple) -> str:
-    rep, zs = reports
+    rep, zs, zsc = (tuple(reports) + (None,))[:3]
     if spec.kind == TaskKind.CLASSIFICATION:
-        out = rep.format("soft prompt: ")
+        cal = " (calibrated)" if spec.calibration is not None else ""
+        out = rep.format(f"soft prompt{cal}: ")
         if zs is not None:
-            out += "\n" + zs.format("zero-shot:   ")
-            out += f"\n=> {100 * (rep.accuracy - zs.accuracy):+.1f} accuracy points over the zero-shot baseline"
+            out += "\n" + zs.format("zero-shot: ")
+        if zsc is not None:
+            out += "\n" + zsc.format("zero-shot, calibrated: ")
+        best = max((r for r in (zs, zsc) if r is not None), key=lambda r: r.macro_f1, default=None)
+        if best is not None:
+            out += f"\n=> {100 * (rep.accuracy - best.accuracy):+.1f} accuracy points and {rep.macro_f1 - best.macro_f1:+.3f} macro-F1 over the better zero-shot baseline"
         return out
     out = f"soft prompt: {rep}"
     if zs is not None:

@@ -1,0 +1,196 @@
+"""Issue 11: soft prompts on small, skewed data. Calibration applied the same way by eval, the parity gate and
+both runtimes; class weights and dev selection for skewed labels; defaults that adapt to the data's size;
+reports that show per-label precision and recall and say when a label is never predicted."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from edgeprompt.core.data import Example, load_file
+from edgeprompt.core.metrics import classification_report
+from edgeprompt.core.parity import Probe, compare
+from edgeprompt.core.tasks import Calibration
+
+from .conftest import make_sentences
+
+
+def test_calibration_divides_out_the_prior():
+    """p = [0.25, 0.75] under a prior [0.75, 0.25]: p / prior = [1/3, 3], renormalised [0.1, 0.9]."""
+    cal = Calibration(list(np.log([0.75, 0.25])))
+    out = np.exp(cal.apply(np.log([[0.25, 0.75]]) + 7.0))  # any log scale: scores are normalised first
+    np.testing.assert_allclose(out, [[0.1, 0.9]], atol=1e-12)
+    assert Calibration.from_dict(cal.to_dict()).log_prior == pytest.approx(cal.log_prior, abs=1e-6)
+    probs = np.array([[0.9, 0.1], [0.7, 0.3]])
+    np.testing.assert_allclose(np.exp(Calibration.from_probabilities(probs).log_prior), [0.8, 0.2])
+
+
+def test_the_parity_gate_decides_labels_as_the_runtimes_do():
+    ref = np.array([[0.0, 1.0, 0.8], [0.0, 1.0, 0.2]])  # label ids 1, 2: raw says label a both times
+    probes = [Probe("t", "x", "b"), Probe("t", "y", "a")]
+    raw = compare(ref, ref, probes, {"t": (["a", "b"], [1, 2])})["t"]
+    cal = Calibration(list(np.log([0.6, 0.4])))  # the prompt leans to a: divided out, x turns to b, y stays a
+    got = compare(ref, ref, probes, {"t": (["a", "b"], [1, 2], cal)})["t"]
+    assert raw.accuracy_reference == 0.5 and got.accuracy_reference == 1.0 and got.label_agreement == 1.0
+
+
+@pytest.mark.parametrize("fmt,quant", [("onnx", "fp32"), ("gguf", "f32")])
+def test_a_calibrated_task_decides_the_same_in_eval_and_both_runtimes(bundle_of, tiny_bank, tiny_tied_dir, tmp_path, fmt, quant):
+    """The content-free prior is measured in torch, stored in the task's manifest, and every path divides it out."""
+    from edgeprompt.core.bank import PromptBank
+    from edgeprompt.core.constants import PARITY_FP32_MAX_ABS, TaskKeys
+    from edgeprompt.runtimes.runtime import open_bundle
+    from edgeprompt.train.batching import Encoder
+    from edgeprompt.train.models import FrozenLM
+    from edgeprompt.train.scoring import content_free_calibration, evaluate, label_logprobs
+    from edgeprompt.train.workflows import task_kv
+
+    lm = FrozenLM.load(tiny_tied_dir)
+    bank = PromptBank(tmp_path / "bank")
+    shutil.copytree(tiny_bank, bank.root)
+    task = bank.task("pt")
+    kv = task_kv(lm, task)
+    measured = content_free_calibration(lm, kv, task.spec)
+    assert len(measured.log_prior) == 2 and np.isclose(np.exp(measured.log_prior).sum(), 1)
+    # a strong prior, so that the calibrated decisions differ from the raw ones (the test can fail)
+    cal = Calibration(list(np.log([0.98, 0.02])), inputs=measured.inputs)
+    spec = replace(task.spec, calibration=cal)
+    bank.add("ptc", task.method, task.tensors(), spec, lm.info, overwrite=True)
+    assert json.loads((bank.root / "tasks" / "ptc" / "manifest.json").read_text())[TaskKeys.CALIBRATION]["log_prior"] == pytest.approx(cal.log_prior, abs=1e-6)
+    stored = bank.task("ptc").spec
+    examples = [Example(s, lab) for s, lab in make_sentences(30, seed=3)]
+    lp = label_logprobs(lm, kv, Encoder(lm, stored, None, prefix_len=task.num_virtual_tokens), examples)
+    torch_dec = stored.decide(lp)
+    assert (torch_dec.argmax(1) != lp.argmax(1)).any()  # calibration changed some decisions
+    rep = evaluate(lm, kv, stored, examples)
+    with open_bundle(bundle_of(fmt, quant), threads=1) as rt:
+        rt.add_task(bank.root / "tasks" / "ptc")
+        outs = [rt.classify("ptc", e.text) for e in examples]
+    dev = np.log([[o.probabilities[lab] for lab in stored.labels] for o in outs])
+    np.testing.assert_allclose(dev, torch_dec, atol=4 * PARITY_FP32_MAX_ABS)
+    sure = np.abs(torch_dec[:, 0] - torch_dec[:, 1]) > 8 * PARITY_FP32_MAX_ABS
+    assert [o.label for o, s in zip(outs, sure) if s] == [stored.labels[k] for k, s in zip(torch_dec.argmax(1), sure) if s]
+    assert rep.accuracy == pytest.approx(np.mean([o.label == e.label for o, e in zip(outs, examples)]), abs=1 / len(examples) * (~sure).sum() + 1e-9)
+
+
+def _skewed_csv(path, n_major=90, n_minor=10):
+    rows = [(s, "positive") for s, lab in make_sentences(400, seed=1) if lab == "positive"][:n_major]
+    rows += [(s, "negative") for s, lab in make_sentences(400, seed=2) if lab == "negative"][:n_minor]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        w.writerows(rows)
+    return path
+
+
+def test_skewed_labels_get_class_weights_and_macro_f1_selection(tmp_path, tiny_lm):
+    from edgeprompt.core.methods import get_method
+    from edgeprompt.methods.prompt_tuning import PromptTuningConfig
+    from edgeprompt.train.batching import Encoder, collate
+    from edgeprompt.train.loop import TrainConfig, _make_module, class_weights, is_skewed, loss_on_batch, resolved
+
+    data = load_file(_skewed_csv(tmp_path / "skew.csv"), dev=10, test=10)
+    assert is_skewed(data) and resolved(TrainConfig(), data) == ("weights", "macro_f1")
+    assert resolved(TrainConfig(balance="none", select="accuracy"), data) == ("none", "accuracy")
+    w = class_weights(data)
+    assert np.mean([w[ex.label] for ex in data.train]) == pytest.approx(1.0)
+    assert w["negative"] / w["positive"] == pytest.approx(sum(ex.label == "positive" for ex in data.train) / sum(ex.label == "negative" for ex in data.train))
+    # the weighted loss is the weighted mean of the per-example cross-entropies (single-token verbalizers)
+    module = _make_module(tiny_lm, data, get_method("prompt_tuning"), PromptTuningConfig(num_virtual_tokens=2), TrainConfig())
+    enc = Encoder(tiny_lm, data.spec, 48)
+    batch = collate([enc.example(ex) for ex in data.train[:6]], tiny_lm.pad_token_id)
+    rw = torch.tensor([w[ex.label] for ex in data.train[:6]])
+    with torch.no_grad():
+        got = loss_on_batch(tiny_lm, module, batch, rw)
+        from edgeprompt.train.forward import logits_at, text_hidden
+
+        h = text_hidden(tiny_lm, module.kv(tiny_lm), batch.input_ids, batch.attention_mask)
+        ce = F.cross_entropy(logits_at(tiny_lm, h[batch.tgt_rows, batch.tgt_pos - 1]).float(), batch.tgt_ids, reduction="none")
+    assert got.item() == pytest.approx(((ce * rw[batch.tgt_rows]).sum() / rw[batch.tgt_rows].sum()).item(), rel=1e-6)
+
+
+def test_defaults_adapt_to_small_data_and_say_so():
+    from edgeprompt.train.loop import TrainConfig, adapt_to_data
+
+    cfg, notes = adapt_to_data(TrainConfig(), n_train=100)
+    assert (cfg.steps, cfg.eval_every, cfg.warmup_steps) == (125, 25, 10) and any("125" in n for n in notes)
+    cfg, notes = adapt_to_data(TrainConfig(), n_train=10)
+    assert cfg.steps == 30 and cfg.warmup_steps == 3  # at least MIN_STEPS
+    cfg, notes = adapt_to_data(TrainConfig(steps=500), n_train=100, given={"steps"})
+    assert cfg.steps == 500 and cfg.eval_every == 100 and not any("steps 500" in n for n in notes)
+    assert adapt_to_data(TrainConfig(), n_train=36_000)[0] == TrainConfig()  # large data: the defaults as they are
+
+
+def test_reports_show_precision_recall_and_warn_when_a_label_is_never_predicted():
+    rep = classification_report(np.array([0, 0, 0, 1, 2]), np.array([0, 0, 1, 1, 0]), ["a", "b", "c"])
+    assert rep.never_predicted == ["c"]
+    assert rep.per_label_precision == {"a": pytest.approx(2 / 3), "b": 0.5, "c": 0.0} and rep.per_label_recall["a"] == pytest.approx(2 / 3)
+    text = rep.format()
+    assert "WARNING: never predicted: c" in text and "precision" in text
+    assert rep.to_dict()["never_predicted"] == ["c"]
+
+
+def test_train_task_measures_calibration_on_dev_and_records_the_choice(tmp_path, tiny_lm):
+    from edgeprompt.core.bank import PromptBank
+    from edgeprompt.core.constants import TaskKeys
+    from edgeprompt.methods.prompt_tuning import PromptTuningConfig
+    from edgeprompt.train.loop import TrainConfig
+    from edgeprompt.train.workflows import evaluate_task, format_reports, train_task
+
+    data = load_file(_skewed_csv(tmp_path / "skew.csv"), dev=12, test=12)
+    bank = PromptBank(tmp_path / "bank")
+    cfg = TrainConfig(steps=6, batch_size=4, eval_every=3, eval_examples=12, warmup_steps=1, calibration="on")
+    task, summary = train_task(
+        tiny_lm, data, {"source": str(tmp_path / "skew.csv")}, "prompt_tuning", PromptTuningConfig(num_virtual_tokens=2), cfg, bank, "s", progress=False
+    )
+    m = task.manifest
+    rec = m[TaskKeys.TRAINING]["calibration"]
+    assert rec["kept"] and set(rec["prior"]) == {"negative", "positive"} and "dev_with" in rec and "dev_without" in rec
+    assert m[TaskKeys.TRAINING]["balance"] == "weights" and m[TaskKeys.TRAINING]["select"] == "macro_f1"
+    assert task.spec.calibration is not None and m[TaskKeys.METRICS]["zero_shot_calibrated_test"]["n"] == 12
+    assert "zero-shot, calibrated" in format_reports(task.spec, summary["reports"])
+    cfg_off = replace(cfg, calibration="off")
+    task, _ = train_task(
+        tiny_lm, data, {"source": "x"}, "prompt_tuning", PromptTuningConfig(num_virtual_tokens=2), cfg_off, bank, "s", overwrite=True, progress=False
+    )
+    assert task.spec.calibration is None and TaskKeys.CALIBRATION not in task.manifest
+    assert evaluate_task(tiny_lm, task, data.test)["zero_shot_calibrated"]["n"] == 12
+
+
+def test_stratified_splits_keep_each_label_share_and_legacy_tasks_keep_their_split(tmp_path):
+    import random
+
+    from edgeprompt.core.data import dataset_for_task, split
+
+    rows = [Example(f"text {i}", "neutral" if i % 11 == 0 else ("negative" if i % 3 == 0 else "positive")) for i in range(600)]
+    tr, dv, te = split(rows, seed=4, dev=0.1, test=0.2, stratify=True)
+    assert sorted(e.text for e in tr + dv + te) == sorted(e.text for e in rows) and (len(dv), len(te)) == (60, 120)
+    for part, n in ((dv, 60), (te, 120)):
+        for lab in ("neutral", "negative", "positive"):
+            share = sum(e.label == lab for e in rows) / len(rows)
+            assert abs(sum(e.label == lab for e in part) - share * n) <= 1, (lab, n)
+    assert split(rows, seed=4, dev=0.1, test=0.2, stratify=True) == (tr, dv, te)  # seeded
+    # stratify=False is the split every earlier task was trained on: a seeded shuffle sliced from the front
+    old = list(rows)
+    random.Random(4).shuffle(old)
+    assert split(rows, seed=4, dev=60, test=120) == (old[180:], old[120:180], old[:120])
+
+    class Legacy:  # a task recorded before stratified splits: its load args do not say "stratify"
+        name = "legacy"
+        spec = None
+        manifest = {"data": {"load_args": {"source": str(_skewed_csv(tmp_path / "s.csv")), "seed": 0, "dev": 10, "test": 10}}}
+
+    from edgeprompt.core.tasks import TaskSpec
+
+    Legacy.spec = TaskSpec(template="{text}\nLabel:", labels=["negative", "positive"])
+    got = dataset_for_task(Legacy)
+    want = load_file(tmp_path / "s.csv", spec=Legacy.spec, dev=10, test=10, stratify=False)
+    assert (got.train, got.dev, got.test) == (want.train, want.dev, want.test)
+    assert load_file(tmp_path / "s.csv", spec=Legacy.spec, dev=10, test=10).test != want.test  # the new default differs
