@@ -10,6 +10,7 @@ holding one tensor, ``prompt_embeddings``:
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -98,4 +99,10 @@ def export_peft(task: BankTask, out: str | Path, base_model_name_or_path: str, i
     with atomic_directory(out) as tmp:
         cfg.save_pretrained(str(tmp))
         atomic_write_safetensors(tmp / ADAPTER_WEIGHTS, {PEFT_KEY: emb}, metadata={"format": "pt"})
+    if task.spec.calibration is not None:  # PEFT's config has no place for it: say so, with the numbers
+        warnings.warn(
+            f"task {task.name!r} is calibrated (label log-priors {dict(zip(task.spec.labels, task.spec.calibration.log_prior))}); "
+            "PEFT has no field for that, so its adapter decides without it: subtract those from the labels' log-softmax to get our decisions.",
+            stacklevel=2,
+        )
     return out

