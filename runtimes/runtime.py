@@ -147,6 +147,10 @@ class Runtime:
     def decode(self, ids: Sequence[int]) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=True)
 
+    def token_string(self, token_id: int | None) -> str:
+        """A token's text as the tokenizer spells it (a special token's name, e.g. ``<|im_end|>``); "" for None."""
+        return (self._tok.id_to_token(int(token_id)) or "") if token_id is not None else ""
+
     def input_ids(self, task: str | None, text: str, reserve: int = 0, truncate: bool = False) -> list[int]:
         """Token ids of the request's input (templated for a task), by the core's input rule."""
         e = None if task is None else self.store.get(task)

@@ -530,7 +530,7 @@ class _App:
         stream = bool(req.get("stream"))
         usage_in_stream = stream and isinstance(req.get("stream_options"), dict) and bool(req["stream_options"].get("include_usage"))
 
-        if task is not None and self.rt.store.get(task).spec.kind == TaskKind.CLASSIFICATION:
+        if task is not None and self.rt.task_info(task)["kind"] == TaskKind.CLASSIFICATION.value:
             out, n_in = await self._call(lambda: (self.rt.classify(task, text), len(self.rt.input_ids(task, text))))
             return self._one_shot(head, chat, stream, usage_in_stream, out.label, "stop", n_in, 0, {"probabilities": out.probabilities})
 
@@ -603,9 +603,10 @@ class _App:
             src = self.rt.bundle.tokenizer.get(TokenizerKeys.CHAT_TEMPLATE)
             if not src:
                 raise _HTTPError(400, "this bundle's tokenizer has no chat template; use /v1/completions.", param="messages")
-            tok = self.rt._tok
-            name = lambda key: (tok.id_to_token(self.rt.bundle.tokenizer[key]) or "") if self.rt.bundle.tokenizer.get(key) is not None else ""  # noqa: E731
-            self._chat = ChatTemplate(src, bos_token=name(TokenizerKeys.BOS_ID), eos_token=name(TokenizerKeys.EOS_ID))
+            t = self.rt.bundle.tokenizer
+            self._chat = ChatTemplate(
+                src, bos_token=self.rt.token_string(t.get(TokenizerKeys.BOS_ID)), eos_token=self.rt.token_string(t.get(TokenizerKeys.EOS_ID))
+            )
         return self._chat.render(msgs)
 
     async def completions(self, request: Request) -> Response:
