@@ -235,13 +235,14 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="default")
     ap.add_argument("--json", default=str(HERE / "quality.json"))
     ap.add_argument("--md", default=str(HERE / "quality.md"))
+    ap.add_argument("--append", action="store_true", help="add to the runs already in --json (the table covers all of them)")
     args = ap.parse_args(argv)
 
     from edgeprompt.train.models import FrozenLM, resolve_model_dir
 
     lm_dir = str(resolve_model_dir(args.model))
     work = Path(tempfile.mkdtemp(prefix="edgeprompt-quality-"))
-    runs = []
+    runs = json.loads(Path(args.json).read_text())["runs"] if args.append and Path(args.json).exists() else []
     for name in args.datasets:
         for method in args.methods:
             for seed in args.seeds:

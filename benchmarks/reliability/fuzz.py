@@ -342,7 +342,7 @@ def run(bundle: Path, cases: int = 100_000, seed_: int = 0, http: bool = True, l
             rt = open_bundle(bundle, threads=1)
             check_http = http_client(rt)
         ts = targets(fx, check_http)
-        per = max(1, cases // len(ts))
+        per = max(1, -(-cases // len(ts)))  # at least ``cases`` in all
         watched = Path(bundle).resolve()
         before = _tree(watched)
         cwd_before = _tree(Path.cwd()) if Path.cwd() != Path("/") else {}

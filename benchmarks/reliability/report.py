@@ -145,6 +145,14 @@ def page(r: dict) -> str:
         )
     lines += [
         "",
+        "## What this does not cover",
+        "",
+        "- The models are tiny: the figures prove behaviour (no wrong answer, no torn state, no growth), not speed on a",
+        "  device; `edgeprompt profile` measures that. The soak's latencies include the load generator on the same 2 cores.",
+        "- Loopback only; no TLS (put a reverse proxy in front for that).",
+        "- HTTP that uvicorn cannot parse (a malformed request line, headers over its 16 KiB limit) is answered by uvicorn",
+        "  itself with a plain-text 400 before the app sees it; every answer of the app is JSON.",
+        "",
         "## Regression tests",
         "",
         "Every class of input the red team found has a test: `tests/test_schema.py` (manifest, task, bank, probe, PEFT and",
