@@ -1,0 +1,206 @@
+/**
+ * The web app end to end in Debian's Chromium (headless, a Pixel 7 profile), driven by playwright-core: no browser
+ * download. Reads a JSON spec (a file named as the first argument, or stdin) and prints a JSON report on stdout.
+ *
+ *   {
+ *     "url": "http://127.0.0.1:PORT/",                      the served app (edgeprompt android-demo --serve)
+ *     "requests": [{"task": "pt" | null, "text": "...", "max_new_tokens": 8, "truncate": false, "generate": false}, ...],
+ *     "tokenize": ["text", ...],                              ids from the page's tokenizer (window.edgeprompt)
+ *     "traces": [{"task": "px", "text": "...", "forced": [ids]}],   logits after the text, then after each forced token
+ *     "offline": {"task": "pt", "text": "..."},               reload with the network blocked, then classify
+ *     "installability": true,                                 Page.getInstallabilityErrors over CDP
+ *     "bad": [{"name": "...", "url": "...", "deviceMemory": 0.001}],   each must show a visible error
+ *     "bench": {"task": "pt", "texts": [...], "generate": {"text": "...", "max_new_tokens": 32},
+ *               "threads": [1, 4], "throttle": [1, 4], "repeat": 5}
+ *   }
+ *
+ * Report: {"env", "results", "tokens", "traces", "offline", "installability", "bad", "bench", "console"}.
+ * Classification and generation requests go through the form (select the task, type, press the button) and
+ * read the result the page records in #result's data-json (full precision).
+ */
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { chromium, devices } from "playwright-core";
+
+const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
+const TIMEOUT = Number(process.env.E2E_TIMEOUT_MS || 120000);
+
+const spec = JSON.parse(process.argv[2] ? readFileSync(process.argv[2], "utf8") : readFileSync(0, "utf8"));
+const report = { env: null, results: [], tokens: [], traces: [], offline: null, installability: null, bad: [], bench: null, console: [] };
+
+function watch(page, tag) {
+  page.on("console", (m) => (m.type() === "error" || m.type() === "warning") && report.console.push(`${tag} ${m.type()}: ${m.text()}`));
+  page.on("pageerror", (e) => report.console.push(`${tag} pageerror: ${e.message}`));
+}
+
+/** Waits until the page is ready or shows its error; returns the state and the error's text. */
+async function settle(page) {
+  await page.waitForFunction(() => ["ready", "error"].includes(document.body.dataset.state), null, { timeout: TIMEOUT });
+  const state = await page.evaluate(() => document.body.dataset.state);
+  const error = (await page.locator("#error").isVisible()) ? await page.locator("#error").innerText() : null;
+  return { state, error };
+}
+
+/**
+ * One request through the form: pick the task, type the text, press the button, read #result's data-json.
+ * {"generate": true} generates under a classification task, which the form does not offer: through window.edgeprompt.
+ */
+async function viaForm(page, req) {
+  if (req.generate) {
+    return page.evaluate(
+      (r) => window.edgeprompt.generate(r.task, r.text, { maxNewTokens: r.max_new_tokens ?? 16 }).catch((e) => ({ error: e.message, kind: e.kind })),
+      req,
+    );
+  }
+  const before = Number((await page.evaluate(() => document.body.dataset.runs)) || 0);
+  await page.selectOption("#task", req.task ?? "");
+  await page.fill("#text", req.text);
+  if (await page.locator("#max-tokens").isVisible()) await page.fill("#max-tokens", String(req.max_new_tokens ?? 16));
+  await page.setChecked("#truncate", !!req.truncate);
+  await page.click("#run");
+  await page.waitForFunction((n) => Number(document.body.dataset.runs || 0) > n, before, { timeout: TIMEOUT });
+  const out = JSON.parse(await page.locator("#result").getAttribute("data-json"));
+  if (out.error) out.error_visible = await page.locator("#error").isVisible();
+  else if (out.tokens) out.streamed = await page.locator("#output").innerText();
+  return out;
+}
+
+async function openApp(context, url, tag) {
+  const page = await context.newPage();
+  watch(page, tag);
+  await page.goto(url);
+  return page;
+}
+
+function median(xs) {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length ? s[Math.floor(s.length / 2)] : null;
+}
+
+async function bench(context, b) {
+  const rows = [];
+  for (const threads of b.threads ?? [1]) {
+    for (const rate of b.throttle ?? [1]) {
+      const url = new URL(b.url ?? spec.url);
+      url.searchParams.set("threads", String(threads));
+      const page = await context.newPage();
+      watch(page, `bench t${threads} x${rate}`);
+      const cdp = await context.newCDPSession(page);
+      await cdp.send("Emulation.setCPUThrottlingRate", { rate });
+      const t0 = Date.now();
+      await page.goto(url.href);
+      const st = await settle(page);
+      if (st.state !== "ready") {
+        rows.push({ threads, throttle: rate, error: st.error });
+        await page.close();
+        continue;
+      }
+      const wall = Date.now() - t0;
+      const r = await page.evaluate(async (b) => {
+        const ep = window.edgeprompt;
+        const info = await ep.ready;
+        const cold = await ep.classify(b.task, b.texts[0]);
+        const warm = [];
+        for (let i = 0; i < (b.repeat ?? 5); i++) {
+          for (const t of b.texts) {
+            const s = performance.now();
+            await ep.classify(b.task, t);
+            warm.push(performance.now() - s);
+          }
+        }
+        let gen = null;
+        if (b.generate) {
+          const s = performance.now();
+          const g = await ep.generate(b.generate.task ?? null, b.generate.text, { maxNewTokens: b.generate.max_new_tokens ?? 32 });
+          gen = { wall_ms: performance.now() - s, prefill_ms: g.timings.prefill_ms, per_token_ms: g.timings.per_token_ms, tokens: g.tokens.length, prompt_tokens: g.ids.length };
+        }
+        return { info, cold_prefix_ms: cold.timings.prefix_ms, cold_prefill_ms: cold.timings.prefill_ms, warm_ms: warm, gen, heap: performance.memory?.usedJSHeapSize ?? null };
+      }, { ...b, task: b.task });
+      const pt = r.gen?.per_token_ms ?? [];
+      rows.push({
+        threads: r.info.threads,
+        asked_threads: threads,
+        crossOriginIsolated: r.info.crossOriginIsolated,
+        throttle: rate,
+        page_to_ready_ms: wall,
+        load_ms: r.info.load,
+        classify_cold_prefix_ms: r.cold_prefix_ms,
+        classify_warm_median_ms: median(r.warm_ms),
+        classify_warm_ms: r.warm_ms,
+        generate: r.gen && { ...r.gen, per_token_median_ms: median(pt) },
+        js_heap_bytes: r.heap,
+        memory: r.info.memory,
+      });
+      await page.close();
+    }
+  }
+  return rows;
+}
+
+const profile = mkdtempSync(join(tmpdir(), "edgeprompt-e2e-"));
+// a persistent profile: Chromium reports an incognito (non-persistent) context as not installable
+const context = await chromium.launchPersistentContext(profile, {
+  ...devices["Pixel 7"],
+  executablePath: CHROMIUM,
+  headless: true,
+  // a closed network: no background connections, no component updates (each would be refused, many at a time)
+  args: ["--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-quic", "--no-first-run"],
+});
+try {
+  if (spec.url) {
+    const page = await openApp(context, spec.url, "main");
+    const st = await settle(page);
+    report.env = { ...st, ...(st.state === "ready" ? await page.evaluate(() => window.edgeprompt.info()) : {}) };
+    if (st.state === "ready") {
+      for (const req of spec.requests ?? []) report.results.push(await viaForm(page, req));
+      report.tokens = await page.evaluate((texts) => texts.map((t) => window.edgeprompt.tokenize(t)), spec.tokenize ?? []);
+      report.traces = await page.evaluate(async (ts) => {
+        const out = [];
+        for (const t of ts) out.push(await window.edgeprompt.logitsTrace(t.task, t.text, t.forced));
+        return out;
+      }, spec.traces ?? []);
+      if (spec.installability) {
+        const cdp = await context.newCDPSession(page);
+        const ie = await cdp.send("Page.getInstallabilityErrors");
+        const man = await cdp.send("Page.getAppManifest");
+        report.installability = { errors: ie.installabilityErrors, manifest_errors: man.errors, manifest_url: man.url };
+      }
+      if (spec.offline) {
+        const controlled = await page.evaluate(() => !!navigator.serviceWorker.controller);
+        await context.setOffline(true);
+        await page.reload();
+        const st2 = await settle(page);
+        const res = st2.state === "ready" ? await viaForm(page, spec.offline) : null;
+        report.offline = { controlled_before: controlled, ...st2, info: st2.state === "ready" ? await page.evaluate(() => window.edgeprompt.info()) : null, result: res };
+        await context.setOffline(false);
+      }
+    }
+    await page.close();
+  }
+  for (const bad of spec.bad ?? []) {
+    const init = bad.deviceMemory ? { fn: (gb) => Object.defineProperty(Navigator.prototype, "deviceMemory", { get: () => gb, configurable: true }), arg: bad.deviceMemory } : null;
+    const page = await context.newPage();
+    watch(page, `bad:${bad.name}`);
+    const requests = [];
+    page.on("request", (r) => requests.push(r.url()));
+    if (init) await page.addInitScript(init.fn, init.arg);
+    await page.goto(bad.url);
+    let st;
+    try {
+      await page.locator("#error").waitFor({ state: "visible", timeout: TIMEOUT });
+      st = await settle(page);
+    } catch (e) {
+      st = { state: await page.evaluate(() => document.body.dataset.state), error: null, timeout: e.message };
+    }
+    const kind = await page.locator("#error").getAttribute("data-kind");
+    const bodyText = (await page.locator("body").innerText()).trim();
+    report.bad.push({ name: bad.name, ...st, kind, body_chars: bodyText.length, requests });
+    await page.close();
+  }
+  if (spec.bench) report.bench = await bench(context, spec.bench);
+} finally {
+  await context.close();
+  rmSync(profile, { recursive: true, force: true });
+}
+process.stdout.write(JSON.stringify(report) + "\n");
