@@ -39,6 +39,7 @@ from edgeprompt.core.constants import (
     FileKeys,
     ModelFormat,
     ModelKeys,
+    TaskKeys,
 )
 from edgeprompt.core.errors import BankError, BundleError, EdgePromptError
 from edgeprompt.core.files import atomic_directory
@@ -173,7 +174,7 @@ def _check_tasks(b: Bundle) -> None:
     for name in b.tasks:
         rel = b.task_dir(name) + TASK_MANIFEST_FILE
         m = schema.decode(b.resolve(rel).read_bytes(), schema.TaskManifest, f"task {name!r} of bundle {b.path}", BankError, "train or import the task again")
-        b.base_model.check_compatible(ModelInfo.from_dict(m["base_model"]), f"task {name!r}")
+        b.base_model.check_compatible(ModelInfo.from_dict(m[TaskKeys.BASE_MODEL]), f"task {name!r}")
 
 
 def _model_bytes(b: Bundle) -> int:
