@@ -269,6 +269,8 @@ def test_too_long_text_refused_as_python_does(e2e, rt):
 def test_reloaded_offline_still_classifies(e2e, rt):
     off = e2e["offline"]
     assert off["controlled_before"] and off["state"] == "ready", off
+    # served by the service worker alone, the page is still cross-origin isolated: it adds COOP/COEP
+    assert off["info"]["crossOriginIsolated"] is True and off["info"]["controlled"] is True
     want = rt.classify("px", TEXTS[0])
     assert off["result"]["label"] == want.label and abs(off["result"]["probabilities"][want.label] - want.probabilities[want.label]) < 1e-3
 

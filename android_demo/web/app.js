@@ -156,18 +156,19 @@ async function load() {
   ort.env.logLevel = "error";
   $("threads").textContent = threadsNote();
 
-  status("Setting up offline use…");
+  // the small files first: a bundle that is not ONNX, or too large for this device, is refused before anything large is fetched
   let t = performance.now();
-  swState = await setupServiceWorker();
-  $("offline").textContent = `offline: ${swState}`;
-  step("service worker", t, swState);
-
-  t = performance.now();
   const config = await loadAppConfig();
   $("bundle-name").textContent = `${config.bundle.name} · ${config.bundle.quant}`;
   const reader = await BundleReader.open(config); // refuses a bundle that is not ONNX
-  const mem = memoryCheck(config, navigator.deviceMemory); // before loading anything large
+  const mem = memoryCheck(config, navigator.deviceMemory);
   step("manifest", t, mem.budget ? `needs ~${fmtBytes(mem.need)} of a ~${fmtBytes(mem.budget)} tab budget` : "device memory not reported");
+
+  status("Setting up offline use…");
+  t = performance.now();
+  swState = await setupServiceWorker(); // a first visit: the worker caches (and checks) the app and the bundle
+  $("offline").textContent = `offline: ${swState}`;
+  step("service worker", t, swState);
 
   status("Reading the tokenizer and tasks…");
   t = performance.now();
