@@ -265,6 +265,31 @@ def test_too_long_text_refused_as_python_does(e2e, rt):
     assert cut["label"] == want.label and abs(cut["probabilities"][want.label] - want.probabilities[want.label]) < 1e-3
 
 
+def test_an_int8_bundle_runs_in_the_browser(bundle_of, node_modules, tmp_path):
+    """A phone's bundle is int8 or int4 (MatMulNBits): onnxruntime-web's CPU wasm runs it. Native onnxruntime rounds
+    activations to int8 in those matmuls (accuracy_level 4) and the wasm build does not, so the tolerance is looser."""
+    _need(CHROMIUM, "apt-get install chromium")
+    from edgeprompt.android_demo import build, serve
+    from edgeprompt.runtimes import open_bundle
+
+    bundle = bundle_of("onnx", "int8")
+    srv = serve(build(bundle, tmp_path / "app", node_modules=node_modules))
+    reqs = [{"task": t, "text": x} for t in ("pt", "px") for x in TEXTS[:4]]
+    (tmp_path / "spec.json").write_text(json.dumps({"url": f"http://127.0.0.1:{srv.server_address[1]}/", "requests": reqs}))
+    try:
+        r = subprocess.run(["node", str(DEMO / "tests" / "e2e.mjs"), str(tmp_path / "spec.json")], capture_output=True, text=True, timeout=300, cwd=DEMO)
+    finally:
+        srv.shutdown()
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads(r.stdout)["results"]
+    with open_bundle(bundle, backend="onnx") as rt:
+        for req, g in zip(reqs, got):
+            want = rt.classify(req["task"], req["text"])
+            assert max(abs(g["probabilities"][k] - p) for k, p in want.probabilities.items()) < 5e-3, req
+            if abs(want.probabilities["positive"] - 0.5) > 5e-3:
+                assert g["label"] == want.label, req
+
+
 # -- installable, offline, and errors that show --------------------------------------------------------------------
 def test_reloaded_offline_still_classifies(e2e, rt):
     off = e2e["offline"]
