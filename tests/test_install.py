@@ -1,4 +1,4 @@
-"""The editable install: one distribution, three folders, one import name; the CLI from anywhere."""
+"""The editable install: one distribution, four folders, one import name; the CLI from anywhere."""
 
 from __future__ import annotations
 
@@ -22,9 +22,9 @@ def test_cli_and_subpackages_from_root_and_elsewhere(where, tmp_path):
     assert entry, "the edgeprompt entry point is not installed"
     r = subprocess.run([entry, "train", "--help"], cwd=cwd, capture_output=True, text=True)
     assert r.returncode == 0 and "--resume" in r.stdout
-    code = "import edgeprompt.export as e, edgeprompt.runtimes as r; print(e.__file__); print(r.__file__)"
+    code = "import edgeprompt.export as e, edgeprompt.runtimes as r, edgeprompt.android_demo as a; print(e.__file__); print(r.__file__); print(a.__file__)"
     out = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, check=True).stdout.split()
-    assert Path(out[0]).parent == REPO / "export" and Path(out[1]).parent == REPO / "runtimes"
+    assert Path(out[0]).parent == REPO / "export" and Path(out[1]).parent == REPO / "runtimes" and Path(out[2]).parent == REPO / "android_demo"
 
 
 def _closure(dist: str, extras: frozenset[str] = frozenset(), seen: dict | None = None) -> dict[str, str]:

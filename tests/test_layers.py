@@ -1,6 +1,6 @@
 """The layers of docs/ARCHITECTURE.md, checked by import-linter's contracts in pyproject.toml.
 
-import-linter walks a package's folder; ours maps three folders under one import name (setuptools
+import-linter walks a package's folder; ours maps four folders under one import name (setuptools
 package-dir), so the check runs on a mirror laid out as the import names are.
 """
 
@@ -21,6 +21,7 @@ def _mirror(dest: Path) -> Path:
     shutil.copytree(ROOT / "edgeprompt", dest / "edgeprompt", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(ROOT / "export", dest / "edgeprompt" / "export", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(ROOT / "runtimes", dest / "edgeprompt" / "runtimes", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "android_demo", dest / "edgeprompt" / "android_demo", ignore=shutil.ignore_patterns("__pycache__", "node_modules", "web", "tests"))
     shutil.copy(ROOT / "pyproject.toml", dest / "pyproject.toml")
     return dest
 
