@@ -404,6 +404,12 @@ def cmd_verify(args) -> int:
     return 0 if ok else 1
 
 
+def cmd_android_demo(args) -> int:
+    from edgeprompt.android_demo import cli
+
+    return cli(args)
+
+
 def _interrupt(*_) -> None:
     raise KeyboardInterrupt
 
@@ -783,6 +789,12 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         sv.add_argument("--" + flag.replace("_", "-"), dest=flag, type=kind, default=getattr(lim, flag), help=f"{text} (default {getattr(lim, flag):g})")
     sv.set_defaults(func=cmd_serve)
+
+    from edgeprompt.android_demo import add_arguments
+
+    ad = _subcommand(sub, "android-demo", help="build the web app that runs an ONNX bundle in a phone's browser (offline, installable); --serve serves it")
+    add_arguments(ad)
+    ad.set_defaults(func=cmd_android_demo)
 
     m = _subcommand(sub, "models", help="list base models, or convert a GGUF to a cached transformers folder")
     msub = m.add_subparsers(dest="models_cmd", required=True)

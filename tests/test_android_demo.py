@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -66,8 +67,26 @@ def node_modules() -> Path:
 
 
 @pytest.fixture(scope="module")
-def bundles(bundle_of) -> dict[str, Path]:
-    return {"onnx": bundle_of("onnx", "fp32"), "gguf": bundle_of("gguf", "f32")}
+def bundles(bundle_of, tiny_bank, tiny_tied_dir, tmp_path_factory) -> dict[str, Path]:
+    """The tiny bank's tasks plus ``ptc``: ``pt`` with a calibration (a label prior the app must divide out)."""
+    from edgeprompt.core.bank import PromptBank
+    from edgeprompt.core.tasks import Calibration
+    from edgeprompt.export.writer import ExportConfig, export_bundle
+
+    work = tmp_path_factory.mktemp("calibrated")
+    bank = PromptBank(work / "bank")
+    shutil.copytree(tiny_bank, bank.root)
+    pt = bank.task("pt")
+    from edgeprompt.runtimes import open_bundle
+
+    with open_bundle(bundle_of("onnx", "fp32"), backend="onnx") as r:  # a prior leaning to what pt answers most
+        top = max(pt.spec.labels, key=[r.classify("pt", x).label for x in TEXTS].count)
+    prior = [0.95 if lab == top else 0.05 / (len(pt.spec.labels) - 1) for lab in pt.spec.labels]
+    spec = replace(pt.spec, calibration=Calibration(list(np.log(prior))))
+    bank.add("ptc", pt.method, pt.tensors(), spec, pt.base_model, overwrite=True)
+    out = work / "onnx-fp32"
+    export_bundle(out, bank=bank.root, model=tiny_tied_dir, config=ExportConfig(format="onnx", quant="fp32", probes_per_task=4), log=lambda s: None)
+    return {"onnx": out, "gguf": bundle_of("gguf", "f32")}
 
 
 def _python_greedy(rt, task, text, n) -> list[int]:
@@ -86,7 +105,7 @@ def _python_greedy(rt, task, text, n) -> list[int]:
 
 
 def _requests() -> list[dict]:
-    reqs = [{"task": t, "text": x} for t in ("pt", "px") for x in TEXTS]
+    reqs = [{"task": t, "text": x} for t in ("pt", "px", "ptc") for x in TEXTS]
     reqs += [{"task": None, "text": x, "max_new_tokens": GEN_TOKENS} for x in TEXTS]
     reqs += [{"task": t, "text": x, "max_new_tokens": GEN_TOKENS, "generate": True} for t in ("pt", "px") for x in TEXTS[:2]]
     reqs += [{"task": "pt", "text": TOO_LONG}, {"task": "px", "text": TOO_LONG, "truncate": True}]
@@ -227,7 +246,10 @@ def test_classification_equals_the_python_runtime(e2e, rt):
             assert abs(got["probabilities"][lab] - p) < 1e-3, (req, lab)
             assert abs(got["logprobs"][lab] - want.logprobs[lab]) < 1e-3, (req, lab)
         seen += 1
-    assert seen == 2 * len(TEXTS)
+    assert seen == 3 * len(TEXTS)
+    # the calibrated task decides otherwise than the same prompt without it, in the browser as in Python
+    by = {t: [r["label"] for q, r in zip(reqs, e2e["results"]) if q["task"] == t and not q.get("generate") and q["text"] != TOO_LONG] for t in ("pt", "ptc")}
+    assert by["pt"] != by["ptc"]
     first = next(r for r in e2e["results"] if r.get("task") == "pt")
     assert first["timings"]["prefix_cached"] is False  # computed once, then kept
     assert all(r["timings"]["prefix_cached"] for r in e2e["results"][1 : len(TEXTS)])

@@ -4,7 +4,8 @@
  *
  *  - a prompt-tuning task's prefix: its rows [P, d] prefilled through the model (or the KV the bundle ships);
  *  - a prefix-tuning task's prefix: its kv_prefix [L, 2, h, P, hd] used as is;
- *  - classify: log p(verbalizer | prefix, templated text) per label (float64 log-softmax), probabilities by softmax;
+ *  - classify: log p(verbalizer | prefix, templated text) per label (float64 log-softmax), probabilities by softmax
+ *    over the labels, minus the task's calibration log-prior when it has one (TaskSpec.decide);
  *  - generate: greedy (argmax) decoding after the templated text, until EOS or max_new_tokens.
  */
 import { DemoError } from "./errors.js";
@@ -181,14 +182,12 @@ export class Runtime {
       }
       this.lastSequenceBytes = OnnxModel.stateBytes(state);
       if (!scores.every(Number.isFinite)) throw new DemoError("runtime", `task ${task}: the model gave non-finite label scores; the model file or task is broken.`);
-      const mx = Math.max(...scores);
-      const e = scores.map((s) => Math.exp(s - mx));
-      const z = e.reduce((a, b) => a + b, 0);
+      const decided = t.spec.decide(scores); // calibrated when the task is, as every runtime decides
       const labels = t.spec.labels;
       return {
         task,
-        label: labels[argmax(scores)],
-        probabilities: Object.fromEntries(labels.map((l, i) => [l, e[i] / z])),
+        label: labels[argmax(decided)],
+        probabilities: Object.fromEntries(labels.map((l, i) => [l, Math.exp(decided[i])])),
         logprobs: Object.fromEntries(labels.map((l, i) => [l, scores[i]])),
         ids,
         timings: { prefix_ms: pre.ms, prefix_cached: pre.cached, prefill_ms: prefillMs, labels_ms: performance.now() - t1, tokens: ids.length },

@@ -13,7 +13,7 @@ export const CLASSIFICATION = "classification";
 export const GENERATION = "generation";
 
 export class TaskSpec {
-  constructor({ kind = CLASSIFICATION, template = "{text}", instruction = "", labels = [], verbalizers = {} } = {}) {
+  constructor({ kind = CLASSIFICATION, template = "{text}", instruction = "", labels = [], verbalizers = {}, calibration = null } = {}) {
     if (kind !== CLASSIFICATION && kind !== GENERATION) throw new DemoError("bundle", `task kind ${JSON.stringify(kind)} is not classification or generation.`);
     if (template.split("{text}").length !== 2) throw new DemoError("bundle", `template ${JSON.stringify(template)} must contain '{text}' exactly once.`);
     this.kind = kind;
@@ -31,11 +31,34 @@ export class TaskSpec {
       if (this.labels.length) throw new DemoError("bundle", "a generation task takes no labels.");
       this.verbalizers = {};
     }
+    // the task's label-prior correction (core/tasks.py Calibration): log_prior per label, or none
+    this.logPrior = calibration ? [...calibration.log_prior] : null;
+    if (this.logPrior && (this.logPrior.length !== this.labels.length || !this.logPrior.every(Number.isFinite)))
+      throw new DemoError("bundle", `calibration: log_prior needs one finite value per label (${this.labels.length}).`);
+  }
+
+  /** The label log-probabilities a decision is taken on (TaskSpec.decide): log-softmax over the labels, minus the
+   * calibration's log-prior and normalised again when the task is calibrated. Float64, as the Python runtime. */
+  decide(scores) {
+    const norm = (xs) => {
+      const mx = Math.max(...xs);
+      const lse = mx + Math.log(xs.reduce((a, x) => a + Math.exp(x - mx), 0));
+      return xs.map((x) => x - lse);
+    };
+    const s = norm(scores);
+    return this.logPrior ? norm(s.map((x, i) => x - this.logPrior[i])) : s;
   }
 
   /** The spec a task manifest records (bank/tasks/NAME/manifest.json). */
   static fromManifest(m) {
-    return new TaskSpec({ kind: m.kind, template: m.template, instruction: m.instruction ?? "", labels: m.labels ?? [], verbalizers: m.verbalizers ?? {} });
+    return new TaskSpec({
+      kind: m.kind,
+      template: m.template,
+      instruction: m.instruction ?? "",
+      labels: m.labels ?? [],
+      verbalizers: m.verbalizers ?? {},
+      calibration: m.calibration ?? null,
+    });
   }
 
   /** [head, tail, leadSpace] */
