@@ -328,6 +328,7 @@ def cmd_export(args) -> int:
         virtual_tokens=args.virtual_tokens,
         probes_per_task=args.probes,
         threads=args.threads,
+        embeddings=args.embeddings,
     )
     bank = None if args.no_bank else args.bank
     res = export_bundle(args.output, bank=bank, model=args.model, config=cfg, overwrite=args.overwrite, log=lambda s: print(s, file=sys.stderr))
@@ -694,6 +695,12 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--no-bank", action="store_true", help="export the plain model only (tasks can be added to a running runtime)")
     x.add_argument("--with-kv", action="store_true", help="also ship prompt-tuning tasks as KV prefixes computed by the exported model (no prefill per task)")
     x.add_argument("--virtual-tokens", action="store_true", help="gguf: fold prompt-tuning prompts into the vocabulary as extra token ids for stock llama.cpp")
+    x.add_argument(
+        "--embeddings",
+        choices=["fp32", "fp16", "int8"],
+        default="fp32",
+        help="onnx: the embedding table as fp32, fp16 (half its bytes) or int8 rows with a scale each (a quarter); the parity gate records the cost",
+    )
     x.add_argument("--probes", type=int, default=8, help="parity probes per task")
     x.add_argument("--threads", type=int)
     x.add_argument("--overwrite", action="store_true", help="replace OUTPUT (only once the new bundle is complete)")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgeprompt.core.bank import BankTask
-from edgeprompt.core.constants import FULL_PRECISION_QUANTS, PARITY_FP32_MAX_ABS, TaskKind
+from edgeprompt.core.constants import PARITY_FP32_MAX_ABS, TaskKind
 from edgeprompt.core.errors import EdgePromptError
 from edgeprompt.core.parity import PLAIN, Probe, check_fp32, compare
 
@@ -68,10 +68,10 @@ def reference_logits(lm, tasks: dict[str, BankTask], probes: list[Probe]) -> np.
     return np.stack(rows)
 
 
-def run_gate(rt, ref: np.ndarray, probes: list[Probe], quant: str, what: str, virtual_tokens: dict[str, list[int]]) -> dict:
+def run_gate(rt, ref: np.ndarray, probes: list[Probe], full: bool, what: str, virtual_tokens: dict[str, list[int]]) -> dict:
     """Candidate logits through the runtime ``rt``; compare with the reference ``ref [N, V]``; raise on an
-    fp32 failure. Returns the parity record per task (the manifest's ``parity``)."""
-    full = quant in FULL_PRECISION_QUANTS
+    fp32 failure (``full``: fp32 weights and embedding table). Returns the parity record per task (the manifest's
+    ``parity``)."""
     cand = np.stack([rt.logits(p.task or None, p.text) for p in probes])
     results = compare(ref, cand, probes, rt.label_ids(), max_abs=PARITY_FP32_MAX_ABS if full else None)
     if full:

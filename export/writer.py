@@ -38,6 +38,7 @@ from edgeprompt.core.constants import (
     BUNDLE_PROBES_DIR,
     BUNDLE_TOKENIZER_FILE,
     BUNDLE_VERSION,
+    EMBEDDING_DTYPES,
     GGUF_MODEL_FILE,
     ONNX_EMBEDDINGS_FILE,
     ONNX_MODEL_FILE,
@@ -46,6 +47,7 @@ from edgeprompt.core.constants import (
     TASK_TENSORS_FILE,
     TASKS_DIR,
     TENSOR_EMBEDDINGS,
+    TENSOR_EMBEDDINGS_SCALE,
     TENSOR_REFERENCE_LOGITS,
     BundleKeys,
     FileKeys,
@@ -85,6 +87,7 @@ class ExportConfig:
     virtual_tokens: bool = False
     probes_per_task: int = 8
     threads: int | None = None
+    embeddings: str = "fp32"
 
     def __post_init__(self):
         try:
@@ -100,6 +103,10 @@ class ExportConfig:
             raise EdgePromptError("--virtual-tokens rewrites the embedding table; it cannot pass the source GGUF through: pick a quant.")
         if self.probes_per_task < 1:
             raise EdgePromptError("probes_per_task must be at least 1.")
+        if self.embeddings not in EMBEDDING_DTYPES:
+            raise EdgePromptError(f"--embeddings {self.embeddings!r}: choose one of {', '.join(EMBEDDING_DTYPES)}.")
+        if self.embeddings != "fp32" and self.format != "onnx":
+            raise EdgePromptError("--embeddings sets the ONNX bundle's separate embedding table; a GGUF's table is quantized with the model (--quant).")
 
 
 @dataclass
@@ -170,8 +177,25 @@ def _export_onnx(lm, cfg: ExportConfig, tmp: Path, scratch: Path, log) -> dict:
     log(f"quantizing: {cfg.quant} ...")
     quantize(fp32, tmp / rel, cfg.quant)
     emb_rel = f"{BUNDLE_MODEL_DIR}/{ONNX_EMBEDDINGS_FILE}"
-    atomic_write_safetensors(tmp / emb_rel, {TENSOR_EMBEDDINGS: lm.embeddings.detach().float().numpy()})
-    return {ModelKeys.FILE: rel, ModelKeys.EMBEDDINGS: emb_rel, ModelKeys.TENSOR_TYPES: op_types(tmp / rel)}
+    atomic_write_safetensors(tmp / emb_rel, embedding_table(lm.embeddings.detach().float().numpy(), cfg.embeddings))
+    rec = {ModelKeys.FILE: rel, ModelKeys.EMBEDDINGS: emb_rel, ModelKeys.TENSOR_TYPES: op_types(tmp / rel)}
+    if cfg.embeddings != "fp32":
+        rec[ModelKeys.EMBEDDINGS_DTYPE] = cfg.embeddings
+    return rec
+
+
+def embedding_table(emb: np.ndarray, dtype: str) -> dict[str, np.ndarray]:
+    """The bundle's embedding table ``[V, d]`` as ``dtype``: fp32; fp16; or int8 rows with a float32 scale per row
+    (symmetric, the row's max |x| / 127, as llama.cpp's Q8_0 does per block of 32), read back by
+    :meth:`OnnxEngine.embed` and the web app as ``int8 * scale``."""
+    if dtype == "fp32":
+        return {TENSOR_EMBEDDINGS: np.ascontiguousarray(emb, dtype=np.float32)}
+    if dtype == "fp16":
+        return {TENSOR_EMBEDDINGS: emb.astype(np.float16)}
+    scale = np.abs(emb).max(axis=1) / 127.0
+    scale[scale == 0] = 1.0
+    q = np.clip(np.rint(emb / scale[:, None]), -127, 127).astype(np.int8)
+    return {TENSOR_EMBEDDINGS: q, TENSOR_EMBEDDINGS_SCALE: scale.astype(np.float32)}
 
 
 def _export_gguf(lm, model_spec, cfg: ExportConfig, tasks: list[BankTask], tmp: Path, scratch: Path, log) -> dict:
@@ -348,7 +372,7 @@ def export_bundle(
         rt = open_bundle(tmp, threads=cfg.threads, verify=False, n_ctx=4096)
         try:
             what = f"{cfg.format} {cfg.quant} export"
-            parity = run_gate(rt, ref, probes, cfg.quant, what, model_rec.get(ModelKeys.VIRTUAL_TOKENS, {}))
+            parity = run_gate(rt, ref, probes, rt.bundle.full_precision, what, model_rec.get(ModelKeys.VIRTUAL_TOKENS, {}))
             if cfg.with_kv:
                 _ship_kv(rt, tasks, tmp, task_recs)
         finally:

@@ -25,7 +25,6 @@ from edgeprompt.core.bank import BankTask, PromptBank, read_task_folder
 from edgeprompt.core.bundle import Bundle
 from edgeprompt.core.constants import (
     BANK_FILE,
-    FULL_PRECISION_QUANTS,
     MAX_STOP_LENGTH,
     MAX_STOP_STRINGS,
     MAX_TEMPERATURE,
@@ -280,7 +279,7 @@ class Runtime:
         probes = [probes[i] for i in keep]
         reference = np.asarray(reference)[keep]
         cand = np.stack([self.logits(p.task or None, p.text) for p in probes])
-        full = self.bundle.quant in FULL_PRECISION_QUANTS
+        full = self.bundle.full_precision
         return compare(reference, cand, probes, self.label_ids(), max_abs=PARITY_FP32_MAX_ABS if full else None)
 
     def close(self) -> None:

@@ -288,13 +288,14 @@ def test_too_long_text_refused_as_python_does(e2e, rt):
 
 
 def test_an_int8_bundle_runs_in_the_browser(bundle_of, node_modules, tmp_path):
-    """A phone's bundle is int8 or int4 (MatMulNBits): onnxruntime-web's CPU wasm runs it. Native onnxruntime rounds
+    """A phone's bundle is int8 or int4 (MatMulNBits) with an int8 embedding table (rows times a scale, read back the
+    same way as the Python runtime does): onnxruntime-web's CPU wasm runs it. Native onnxruntime rounds
     activations to int8 in those matmuls (accuracy_level 4) and the wasm build does not, so the tolerance is looser."""
     _need(CHROMIUM, "apt-get install chromium")
     from edgeprompt.android_demo import build, serve
     from edgeprompt.runtimes import open_bundle
 
-    bundle = bundle_of("onnx", "int8")
+    bundle = bundle_of("onnx", "int8", embeddings="int8")  # the phone's smallest: int8 weights and embedding rows
     srv = serve(build(bundle, tmp_path / "app", node_modules=node_modules))
     reqs = [{"task": t, "text": x} for t in ("pt", "px") for x in TEXTS[:4]]
     (tmp_path / "spec.json").write_text(json.dumps({"url": f"http://127.0.0.1:{srv.server_address[1]}/", "requests": reqs}))

@@ -335,3 +335,37 @@ def test_cli_train_against_a_bundle_records_it(bundle_of, tiny_tied_dir, tiny_cs
     )
     man = json.loads((bank / "tasks" / "qa" / "manifest.json").read_text())
     assert man["trained_against"]["quant"] == "q4_0" and man["trained_against"]["model_sha256"] == file_sha256(b / "model/model.gguf")
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "int8"])
+def test_smaller_embedding_tables_read_back_within_their_rounding(bundle_of, dtype):
+    """`--embeddings fp16|int8` (issue 12: the phone's download): the table shrinks 2x or ~4x, each row reads back
+    within its format's rounding (fp16: half an ulp, 2^-11 of the value; int8: half a step, scale/2), and the
+    parity gate records what it costs instead of holding it to the fp32 bound."""
+    from edgeprompt.core.constants import ModelKeys
+    from edgeprompt.export.writer import ExportConfig
+    from edgeprompt.runtimes import open_bundle
+
+    full, small = bundle_of("onnx", "fp32"), bundle_of("onnx", "fp32", embeddings=dtype)
+    m = json.loads((small / "manifest.json").read_text())
+    assert m["model"][ModelKeys.EMBEDDINGS_DTYPE] == dtype
+    size = (small / "model" / "embeddings.safetensors").stat().st_size
+    with open_bundle(full, threads=1) as a, open_bundle(small, threads=1) as b:
+        V, d = a.vocab_size, a.backend.engine.hidden_size
+        want = V * d * 2 if dtype == "fp16" else V * d + 4 * V  # the table (and an int8 table's row scales)
+        assert want <= size <= want + 512, (size, want)  # + the safetensors header
+        assert a.bundle.full_precision and not b.bundle.full_precision
+        ids = np.arange(a.vocab_size)
+        x, y = a.backend.engine.embed(ids), b.backend.engine.embed(ids)
+        assert y.dtype == np.float32 and not np.array_equal(x, y)  # the table did change
+        if dtype == "fp16":
+            assert (np.abs(x - y) <= 2.0**-11 * np.abs(x) + 2.0**-24).all()
+        else:
+            step = np.abs(x).max(axis=1, keepdims=True) / 127
+            assert (np.abs(x - y) <= step / 2 + 1e-7).all()
+        assert {t: r["passed"] for t, r in m["parity"].items()} == {t: None for t in m["parity"]}  # recorded, not gated
+        for task in ("pt", "px"):
+            for text in ("what a lovely day", "the service was awful"):
+                assert b.classify(task, text).label == a.classify(task, text).label or abs(a.classify(task, text).probabilities["positive"] - 0.5) < 0.05
+    with pytest.raises(EdgePromptError, match="--embeddings"):
+        ExportConfig(format="gguf", quant="q8_0", embeddings="fp16")

@@ -183,7 +183,15 @@ async function load() {
   const graph = await reader.read(m.file);
   const ext = [];
   for (const rel of extRels) ext.push({ path: rel.slice(rel.lastIndexOf("/") + 1), data: new Uint8Array(await reader.read(rel)) });
-  const emb = readSafetensors(await reader.read(m.embeddings), m.embeddings).embeddings;
+  const table = readSafetensors(await reader.read(m.embeddings), m.embeddings);
+  const emb = table.embeddings;
+  if (emb && table.embeddings_scale) {
+    // an int8 table (export --embeddings int8): row = int8 * its scale, as OnnxEngine.embed reads it
+    const [V, d] = emb.shape;
+    const scale = table.embeddings_scale.data;
+    if (scale.length !== V) throw new DemoError("bundle", `${m.embeddings}: embeddings_scale has ${scale.length} rows, the table ${V}; re-export the bundle.`);
+    for (let r = 0; r < V; r++) for (let c = 0; c < d; c++) emb.data[r * d + c] *= scale[r];
+  }
   if (!emb || emb.shape.length !== 2 || emb.shape[0] < reader.baseModel.vocab_size || emb.shape[1] !== reader.baseModel.hidden_size) {
     throw new DemoError("bundle", `${m.embeddings} does not hold an embedding table [${reader.baseModel.vocab_size}, ${reader.baseModel.hidden_size}]; re-export the bundle.`);
   }

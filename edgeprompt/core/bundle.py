@@ -27,6 +27,7 @@ from edgeprompt.core.constants import (
     BUNDLE_MANIFEST_FILE,
     BUNDLE_PROBES_DIR,
     BUNDLE_TOKENIZER_FILE,
+    FULL_PRECISION_QUANTS,
     PROBES_FILE,
     PROBES_REFERENCE_FILE,
     TASK_MANIFEST_FILE,
@@ -190,6 +191,11 @@ class Bundle:
     @property
     def quant(self) -> str:
         return self.model[ModelKeys.QUANT]
+
+    @property
+    def full_precision(self) -> bool:
+        """fp32 weights and an fp32 embedding table: the parity gate then holds logits to the fp32 bound."""
+        return self.quant in FULL_PRECISION_QUANTS and self.model.get(ModelKeys.EMBEDDINGS_DTYPE, "fp32") == "fp32"
 
     def file(self, rel: str) -> Path:
         return self.resolve(rel)

@@ -155,7 +155,11 @@ BUNDLE_KV_DIR = "kv"
 BUNDLE_PROBES_DIR = "probes"
 ONNX_MODEL_FILE = "decoder.onnx"
 ONNX_EMBEDDINGS_FILE = "embeddings.safetensors"
-TENSOR_EMBEDDINGS = "embeddings"  # [V, d] in the bundle's embeddings.safetensors
+TENSOR_EMBEDDINGS = "embeddings"  # [V, d] in the bundle's embeddings.safetensors (float32, float16 or int8)
+TENSOR_EMBEDDINGS_SCALE = "embeddings_scale"  # [V] float32: an int8 table's row scales (row = int8 * scale)
+#: The ONNX bundle's embedding table as written (``export --embeddings``): fp32 as trained, fp16 (half the
+#: download), or int8 rows with a float32 scale each (a quarter). The parity gate records what it costs.
+EMBEDDING_DTYPES = ("fp32", "fp16", "int8")
 GGUF_MODEL_FILE = "model.gguf"
 PROBES_FILE = "probes.json"
 PROBES_REFERENCE_FILE = "reference.safetensors"
@@ -210,6 +214,7 @@ class ModelKeys:
     QUANT = "quant"  # one of QUANT_TYPES[format]
     FILE = "file"  # relative path of the model file
     EMBEDDINGS = "embeddings"  # onnx: relative path of embeddings.safetensors
+    EMBEDDINGS_DTYPE = "embeddings_dtype"  # onnx: one of EMBEDDING_DTYPES (absent: fp32)
     CONTEXT_LENGTH = "context_length"
     TENSOR_TYPES = "tensor_types"  # {type name: count}, what was actually written
     VIRTUAL_TOKENS = "virtual_tokens"  # gguf --virtual-tokens: {task: [token ids]}

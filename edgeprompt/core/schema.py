@@ -71,6 +71,7 @@ class ModelRecord(Struct):
     file: RelPath
     context_length: Positive | None = None
     embeddings: RelPath | UnsetType = UNSET  # absent or a path, never null
+    embeddings_dtype: Literal["fp32", "fp16", "int8"] = "fp32"
     tensor_types: dict[str, Count] = {}
     virtual_tokens: dict[Name, list[TokenId]] = {}
     logit_mask: list[TokenId] = []

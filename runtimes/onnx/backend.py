@@ -59,7 +59,9 @@ class OnnxBackend:
         e = self.engine
         return {
             "weights": e.model_file_bytes,
-            "embeddings": int(e.embeddings.nbytes) if e.embeddings is not None else 0,
+            "embeddings": (int(e.embeddings.nbytes) + (int(e.embeddings_scale.nbytes) if e.embeddings_scale is not None else 0))
+            if e.embeddings is not None
+            else 0,
             "kv_cache": 0,
             "kv_bytes_per_position": int(e.num_layers * 2 * e.num_kv_heads * e.head_dim * 4),
         }

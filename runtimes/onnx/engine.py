@@ -14,8 +14,8 @@ from typing import Sequence
 
 import numpy as np
 
-from edgeprompt.core.constants import TENSOR_EMBEDDINGS, OnnxNames
-from edgeprompt.core.errors import EdgePromptError
+from edgeprompt.core.constants import TENSOR_EMBEDDINGS, TENSOR_EMBEDDINGS_SCALE, OnnxNames
+from edgeprompt.core.errors import BundleError, EdgePromptError
 from edgeprompt.core.files import read_safetensors
 from edgeprompt.runtimes.backend import default_threads
 
@@ -53,9 +53,18 @@ class OnnxEngine:
         # no soft prompt as embeddings, but KV prefixes still work). Both run here.
         self.takes_ids = N.INPUTS_EMBEDS not in names and "input_ids" in names
         self.takes_position_ids = N.POSITION_IDS in names
+        self.embeddings_scale = None
         if embeddings_path is not None:
-            self.embeddings = read_safetensors(embeddings_path, "embedding table")[TENSOR_EMBEDDINGS]
-            if self.embeddings.dtype != np.float32:
+            t = read_safetensors(embeddings_path, "embedding table")
+            self.embeddings = t[TENSOR_EMBEDDINGS]  # kept as written (fp16 or int8 stay small); rows widen per lookup
+            if self.embeddings.ndim != 2:
+                raise BundleError(f"{embeddings_path}: the embedding table is {list(self.embeddings.shape)}, not [V, d]; re-export the bundle.")
+            if self.embeddings.dtype == np.int8:
+                self.embeddings_scale = t.get(TENSOR_EMBEDDINGS_SCALE)
+                if self.embeddings_scale is None or self.embeddings_scale.shape != (self.embeddings.shape[0],):
+                    raise BundleError(f"{embeddings_path}: an int8 embedding table needs {TENSOR_EMBEDDINGS_SCALE!r} [V]; re-export the bundle.")
+                self.embeddings_scale = self.embeddings_scale.astype(np.float32)
+            elif self.embeddings.dtype not in (np.float32, np.float16):
                 self.embeddings = self.embeddings.astype(np.float32)
             self.vocab_size, self.hidden_size = self.embeddings.shape
         elif self.takes_ids:
@@ -92,8 +101,10 @@ class OnnxEngine:
         return sum(a.nbytes for a in state)
 
     def embed(self, ids: Sequence[int]) -> np.ndarray:
-        """Token ids ``[T]`` -> input embeddings ``[T, d]``."""
-        return self.embeddings[np.asarray(ids, dtype=np.int64)]
+        """Token ids ``[T]`` -> input embeddings ``[T, d]`` (float32; an int8 table's rows times their scale)."""
+        idx = np.asarray(ids, dtype=np.int64)
+        rows = self.embeddings[idx].astype(np.float32)
+        return rows * self.embeddings_scale[idx, None] if self.embeddings_scale is not None else rows
 
     def forward(self, embeds: np.ndarray, state: State) -> tuple[np.ndarray, State]:
         """Run ``embeds [T, d]`` after ``state``; return the last position's logits ``[V]`` and the new state."""
