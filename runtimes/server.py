@@ -169,12 +169,15 @@ class _Gate:
     def __init__(self, concurrency: int, queue: int, timeout: float):
         self.concurrency, self.capacity, self.timeout = concurrency, concurrency + queue, timeout
         self._sem: asyncio.Semaphore | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.running = self.waiting = self.rejected = 0
 
     async def enter(self) -> Callable[[], None]:
         """Wait for a turn; returns the function that gives it back (call it exactly once)."""
-        if self._sem is None:
-            self._sem = asyncio.Semaphore(self.concurrency)
+        loop = asyncio.get_running_loop()
+        if self._sem is None or self._loop is not loop:  # first use, or the app now runs on another loop: turns
+            self._sem, self._loop = asyncio.Semaphore(self.concurrency), loop  # held on a dead loop are gone with it
+            self.running = self.waiting = 0
         if self.running + self.waiting >= self.capacity:
             self.rejected += 1
             raise _HTTPError(503, "the server is busy (its queue is full); retry shortly.", code="overloaded", headers={"Retry-After": "1"})
@@ -191,12 +194,15 @@ class _Gate:
         self.running += 1
         done = False
 
+        sem = self._sem
+
         def leave() -> None:
             nonlocal done
             if not done:
                 done = True
-                self.running -= 1
-                self._sem.release()
+                if sem is self._sem:  # a turn of a loop since replaced is not counted any more
+                    self.running -= 1
+                    sem.release()
 
         return leave
 

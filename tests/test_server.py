@@ -338,3 +338,19 @@ def test_chat_template_is_sandboxed():
     with pytest.raises(RequestError, match="user first"):
         t.render([{"role": "system", "content": "x"}])
     assert t.render([{"role": "user", "content": [{"type": "text", "text": "a"}]}]) == "ok"
+
+
+def test_the_queue_survives_its_event_loop():
+    """The fuzzer's find: an app driven from a new event loop per request (Starlette's TestClient outside a `with`)
+    found its queue's semaphore bound to a dead loop, with a turn still held there: 500s and a 60 s wait. A turn held
+    on a loop that is gone is gone with it."""
+    import asyncio
+
+    from edgeprompt.runtimes.server import _Gate
+
+    gate = _Gate(concurrency=1, queue=0, timeout=1.0)
+    asyncio.run(gate.enter())  # loop A ends with its turn still held
+    leave = asyncio.run(gate.enter())  # loop B: served, not refused as "busy", not bound to A
+    assert gate.running == 1
+    leave()
+    assert gate.running == 0

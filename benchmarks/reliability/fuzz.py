@@ -274,7 +274,8 @@ def http_client(rt):
 
     from edgeprompt.runtimes.server import Limits, make_app
 
-    client = TestClient(make_app(rt, Limits(max_new_tokens=64, request_timeout=HANG_S / 2)), raise_server_exceptions=True)
+    # entered (one event loop for every case, as uvicorn runs the app), and left when the run ends
+    client = TestClient(make_app(rt, Limits(max_new_tokens=64, request_timeout=HANG_S / 2)), raise_server_exceptions=True).__enter__()
 
     def check(case) -> None:
         method, path, raw, headers = case
@@ -287,6 +288,7 @@ def http_client(rt):
                     r.text.splitlines()[-1] if r.headers.get("content-type", "").startswith(("text/event-stream", "application/x-ndjson")) else r.text or "{}"
                 )
 
+    check.client = client  # the run leaves it when it ends
     return check
 
 
@@ -333,6 +335,7 @@ def run(bundle: Path, cases: int = 100_000, seed_: int = 0, http: bool = True, l
 
     set_hypothesis_home_dir(str(work / ".hypothesis"))  # hypothesis's own cache: not a write of ours, kept out of the tree
     rt = None
+    exits: list = []
     try:
         fx = Fixtures(Path(bundle), work)
         check_http = None
@@ -342,6 +345,8 @@ def run(bundle: Path, cases: int = 100_000, seed_: int = 0, http: bool = True, l
             rt = open_bundle(bundle, threads=1)
             check_http = http_client(rt)
         ts = targets(fx, check_http)
+        if check_http is not None:
+            exits.append(check_http.client.__exit__)
         per = max(1, -(-cases // len(ts)))  # at least ``cases`` in all
         watched = Path(bundle).resolve()
         before = _tree(watched)
@@ -357,6 +362,8 @@ def run(bundle: Path, cases: int = 100_000, seed_: int = 0, http: bool = True, l
         return {"targets": results, "total": {**total, "writes_outside": writes}, "written": changed[:10], "hang_s": HANG_S, "seed": seed_}
     finally:
         signal.signal(signal.SIGALRM, old)
+        for leave in exits:
+            leave(None, None, None)
         if rt is not None:
             rt.close()
         shutil.rmtree(work, ignore_errors=True)
