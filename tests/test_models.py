@@ -73,5 +73,5 @@ def test_default_model_trains_folds_and_evaluates(tmp_path):
     assert task.tensors()["kv_prefix"].shape == (30, 2, 3, 4, 64)
     assert summary["test"]["n"] == 16 and summary["zero_shot_test"]["n"] == 16
     with torch.no_grad():
-        again = evaluate(lm, task_kv(lm, task), data.spec, data.test, 96)
+        again = evaluate(lm, task_kv(lm, task), task.spec, data.test, 96)  # the task decides with its calibration
     assert again.accuracy == summary["test"]["accuracy"]
