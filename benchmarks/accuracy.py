@@ -23,6 +23,33 @@ HERE = Path(__file__).resolve().parent
 PEFT_LR = {"prompt": 0.3, "prefix": 1e-2}
 
 
+def train_for(model, lm, data, lr: float, budget_s: float, seed: int = 0, batch_size: int = 8) -> int:
+    """PEFT's side of a same-wall-time comparison: AdamW on ``model``'s trainable parameters, our batches (same
+    order, template and label tokens), the loss on the targets only, until ``budget_s`` is used. Returns the
+    steps taken; leaves ``model`` in eval mode."""
+    import torch
+
+    from edgeprompt.train.batching import Encoder, collate
+    from edgeprompt.train.loop import batch_indices
+
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    enc = Encoder(lm, data.spec, 96)
+    t0, step = time.perf_counter(), 0
+    model.train()
+    while time.perf_counter() - t0 < budget_s:
+        idx = batch_indices(len(data.train), batch_size, seed, step)
+        b = collate([enc.example(data.train[i]) for i in idx], lm.pad_token_id)
+        labels = torch.full_like(b.input_ids, -100)
+        labels[b.tgt_rows, b.tgt_pos] = b.tgt_ids
+        loss = model(input_ids=b.input_ids, attention_mask=b.attention_mask, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+    model.eval()
+    return step
+
+
 def peft_train(lm_dir: str, data, method: str, P: int, budget_s: float, batch_size: int = 8, seed: int = 0):
     """PEFT's own training, for ``budget_s`` seconds; returns its folded tensors and step count."""
     import numpy as np
@@ -30,8 +57,6 @@ def peft_train(lm_dir: str, data, method: str, P: int, budget_s: float, batch_si
     from peft import PrefixTuningConfig, PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
 
     from edgeprompt.methods.prefix_tuning.model import flat_to_kv
-    from edgeprompt.train.batching import Encoder, collate
-    from edgeprompt.train.loop import batch_indices
     from edgeprompt.train.models import FrozenLM
 
     torch.manual_seed(seed)
@@ -47,23 +72,9 @@ def peft_train(lm_dir: str, data, method: str, P: int, budget_s: float, batch_si
     else:
         cfg = PrefixTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=P, prefix_projection=True, encoder_hidden_size=512)
     model = get_peft_model(lm.model, cfg)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=PEFT_LR[method])
-    enc = Encoder(lm, data.spec, 96)
-    t0, step = time.perf_counter(), 0
-    model.train()
-    while time.perf_counter() - t0 < budget_s:
-        idx = batch_indices(len(data.train), batch_size, seed, step)
-        b = collate([enc.example(data.train[i]) for i in idx], lm.pad_token_id)
-        labels = torch.full_like(b.input_ids, -100)
-        labels[b.tgt_rows, b.tgt_pos] = b.tgt_ids
-        loss = model(input_ids=b.input_ids, attention_mask=b.attention_mask, labels=labels).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        step += 1
+    t0 = time.perf_counter()
+    step = train_for(model, lm, data, PEFT_LR[method], budget_s, seed, batch_size)
     wall = time.perf_counter() - t0
-    model.eval()
     with torch.no_grad():
         saved = model.get_prompt_embedding_to_save("default").float()
     if method == "prompt":

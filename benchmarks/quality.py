@@ -118,10 +118,9 @@ def lora_train(lm_dir: str, data, budget_s: float, seed: int = 0, r: int = 8):
     """PEFT LoRA (r=8 on q_proj and v_proj, lr 1e-3) trained for ``budget_s`` seconds on the same template and
     verbalizers; returns a FrozenLM whose weights hold the merged adapter, to score with no prompt."""
     import torch
+    from accuracy import train_for
     from peft import LoraConfig, TaskType, get_peft_model
 
-    from edgeprompt.train.batching import Encoder, collate
-    from edgeprompt.train.loop import batch_indices
     from edgeprompt.train.models import FrozenLM
 
     torch.manual_seed(seed)
@@ -129,23 +128,9 @@ def lora_train(lm_dir: str, data, budget_s: float, seed: int = 0, r: int = 8):
     for p in lm.model.parameters():
         p.requires_grad_(False)
     model = get_peft_model(lm.model, LoraConfig(task_type=TaskType.CAUSAL_LM, r=r, lora_alpha=2 * r, target_modules=["q_proj", "v_proj"]))
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    enc = Encoder(lm, data.spec, 96)
-    t0, step = time.perf_counter(), 0
-    model.train()
-    while time.perf_counter() - t0 < budget_s:
-        idx = batch_indices(len(data.train), 8, seed, step)
-        b = collate([enc.example(data.train[i]) for i in idx], lm.pad_token_id)
-        labels = torch.full_like(b.input_ids, -100)
-        labels[b.tgt_rows, b.tgt_pos] = b.tgt_ids
-        loss = model(input_ids=b.input_ids, attention_mask=b.attention_mask, labels=labels).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        step += 1
-    model.eval()
+    adapter_bytes = sum(p.numel() * 4 for n, p in model.named_parameters() if "lora_" in n)  # what a user ships per task
+    step = train_for(model, lm, data, 1e-3, budget_s, seed)
     lm.model = model.merge_and_unload()
-    adapter_bytes = sum(p.numel() * 4 for n, p in model.named_parameters() if "lora_" in n)
     return lm, step, adapter_bytes
 
 

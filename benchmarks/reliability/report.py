@@ -40,6 +40,7 @@ def measure(cases: int, trials: int, soak_seconds: float, clients: int, parts=PA
     out: dict = dict(previous or {})
     out.update(machine={"cpu": _cpu(), "cores": _cores(), "python": platform.python_version()}, date=time.strftime("%Y-%m-%d"))
     seconds = out.setdefault("part_seconds", {})
+    commits = out.setdefault("part_commit", {})
     bundles = tiny_bundles(work)
     for part in parts:
         t0 = time.perf_counter()
@@ -53,8 +54,21 @@ def measure(cases: int, trials: int, soak_seconds: float, clients: int, parts=PA
             print(f"load: {clients} clients per backend, then a {soak_seconds:.0f} s soak", flush=True)
             out["load"] = load.run(work, clients=clients, soak_seconds=soak_seconds)
         seconds[part] = round(time.perf_counter() - t0)
+        commits[part] = _commit()
     out["seconds"] = sum(seconds.values())
     return out
+
+
+def _commit() -> str:
+    """The commit measured (with ``+dirty`` when the tree had changes)."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+        return head + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "?"
 
 
 def _cpu() -> str:
@@ -73,6 +87,12 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 0
 
 
+def _parts(r: dict) -> str:
+    """``fuzz 7 min at abc1234, kill 6 min at ...``: each part's time and the commit it measured."""
+    commits = r.get("part_commit", {})
+    return ", ".join(f"{p} {s / 60:.0f} min" + (f" at {commits[p]}" if p in commits else "") for p, s in r["part_seconds"].items())
+
+
 def page(r: dict) -> str:
     f, k, ld = r["fuzz"], r["kill"], r["load"]
     ft = f["total"]
@@ -81,7 +101,7 @@ def page(r: dict) -> str:
         "",
         "Written by `benchmarks/reliability/report.py` (`make reliability`) from `benchmarks/reliability/results.json`;",
         f"measured {r['date']} on {r['machine']['cpu']} ({r['machine']['cores']} cores), Python {r['machine']['python']}, in {r['seconds'] / 60:.0f} minutes "
-        f"({', '.join(f'{p} {s / 60:.0f} min' for p, s in r['part_seconds'].items())}).",
+        f"({_parts(r)}).",
         "The models are the test suite's tiny random llama (built from a config, no download), exported as ONNX fp32 and GGUF f32,",
         "with a prompt-tuning task `pt` and a prefix-tuning task `px`. `make test` runs a quick version of each part.",
         "",
