@@ -167,18 +167,38 @@ def _select_tasks(bank: PromptBank | None, names: list[str] | None) -> list[Bank
     return [bank.task(n) for n in names]
 
 
-def _export_onnx(lm, cfg: ExportConfig, tmp: Path, scratch: Path, log) -> dict:
+def _source_gguf(model_spec) -> Path | None:
+    """The GGUF the model was converted from (the embedded default, or a .gguf given), else None."""
+    from edgeprompt.train.models import DEFAULT_MODEL, default_gguf_path
+
+    if model_spec in (None, DEFAULT_MODEL):
+        return default_gguf_path()
+    p = Path(model_spec)
+    return p if p.suffix.lower() == ".gguf" and p.is_file() else None
+
+
+def _export_onnx(lm, cfg: ExportConfig, tmp: Path, scratch: Path, log, model_spec=None) -> dict:
     from edgeprompt.export.onnx.decoder import export_decoder
-    from edgeprompt.export.onnx.quant import op_types, quantize
+    from edgeprompt.export.onnx.quant import ACCURACY_LEVEL, op_types, quantize
 
     log("exporting the ONNX decoder (dynamo exporter) ...")
     fp32 = export_decoder(lm, scratch / ONNX_MODEL_FILE)
     rel = f"{BUNDLE_MODEL_DIR}/{ONNX_MODEL_FILE}"
+    transcoded = None
+    src = _source_gguf(model_spec) if cfg.quant == "int4" else None
+    if src is not None:  # the GGUF's own Q4/Q8 blocks, not a second rounding of their dequantized values
+        from edgeprompt.export.onnx.transcode import transcode
+
+        log(f"transcoding {src.name}'s Q4_0/Q4_1/Q8_0 blocks into MatMulNBits ...")
+        transcoded = transcode(fp32, src, scratch / "transcoded" / ONNX_MODEL_FILE, ACCURACY_LEVEL)
+        fp32 = scratch / "transcoded" / ONNX_MODEL_FILE
     log(f"quantizing: {cfg.quant} ...")
-    quantize(fp32, tmp / rel, cfg.quant)
+    quantize(fp32, tmp / rel, "fp32" if transcoded is not None and not transcoded.get("left") else cfg.quant)
     emb_rel = f"{BUNDLE_MODEL_DIR}/{ONNX_EMBEDDINGS_FILE}"
     atomic_write_safetensors(tmp / emb_rel, embedding_table(lm.embeddings.detach().float().numpy(), cfg.embeddings))
     rec = {ModelKeys.FILE: rel, ModelKeys.EMBEDDINGS: emb_rel, ModelKeys.TENSOR_TYPES: op_types(tmp / rel)}
+    if transcoded is not None:
+        rec[ModelKeys.TRANSCODED] = {"source": src.name, **transcoded}
     if cfg.embeddings != "fp32":
         rec[ModelKeys.EMBEDDINGS_DTYPE] = cfg.embeddings
     return rec
@@ -352,7 +372,7 @@ def export_bundle(
         scratch.mkdir()
         t1 = time.perf_counter()
         if cfg.format == ModelFormat.ONNX.value:
-            model_rec = _export_onnx(lm, cfg, tmp, scratch, log)
+            model_rec = _export_onnx(lm, cfg, tmp, scratch, log, model)
         else:
             model_rec = _export_gguf(lm, model, cfg, tasks, tmp, scratch, log)
         timings["model_s"] = round(time.perf_counter() - t1, 1)

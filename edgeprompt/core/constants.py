@@ -215,6 +215,7 @@ class ModelKeys:
     FILE = "file"  # relative path of the model file
     EMBEDDINGS = "embeddings"  # onnx: relative path of embeddings.safetensors
     EMBEDDINGS_DTYPE = "embeddings_dtype"  # onnx: one of EMBEDDING_DTYPES (absent: fp32)
+    TRANSCODED = "transcoded"  # onnx int4 from a GGUF: {"source", GGUF type: weights carried over, "left": re-quantized}
     CONTEXT_LENGTH = "context_length"
     TENSOR_TYPES = "tensor_types"  # {type name: count}, what was actually written
     VIRTUAL_TOKENS = "virtual_tokens"  # gguf --virtual-tokens: {task: [token ids]}
