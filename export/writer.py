@@ -192,8 +192,9 @@ def _export_onnx(lm, cfg: ExportConfig, tmp: Path, scratch: Path, log, model_spe
         log(f"transcoding {src.name}'s Q4_0/Q4_1/Q8_0 blocks into MatMulNBits ...")
         transcoded = transcode(fp32, src, scratch / "transcoded" / ONNX_MODEL_FILE, ACCURACY_LEVEL)
         fp32 = scratch / "transcoded" / ONNX_MODEL_FILE
-    log(f"quantizing: {cfg.quant} ...")
-    quantize(fp32, tmp / rel, "fp32" if transcoded is not None and not transcoded.get("left") else cfg.quant)
+    log(f"quantizing: {cfg.quant} ..." if transcoded is None or transcoded.get("left") else "every weight transcoded: nothing left to quantize")
+    keep = transcoded.pop("keep_float", []) if transcoded is not None else []
+    quantize(fp32, tmp / rel, "fp32" if transcoded is not None and not transcoded.get("left") else cfg.quant, exclude=keep)
     emb_rel = f"{BUNDLE_MODEL_DIR}/{ONNX_EMBEDDINGS_FILE}"
     atomic_write_safetensors(tmp / emb_rel, embedding_table(lm.embeddings.detach().float().numpy(), cfg.embeddings))
     rec = {ModelKeys.FILE: rel, ModelKeys.EMBEDDINGS: emb_rel, ModelKeys.TENSOR_TYPES: op_types(tmp / rel)}

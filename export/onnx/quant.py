@@ -35,8 +35,9 @@ def _save(model, out_path: Path) -> None:
     onnx.save_model(model, str(out_path), save_as_external_data=True, all_tensors_to_one_file=True, location=data, size_threshold=1024)
 
 
-def quantize(fp32_path: str | Path, out_path: str | Path, quant: str) -> Path:
-    """Write ``fp32_path`` quantized as ``quant`` (fp32 | int8 | int4) to ``out_path``."""
+def quantize(fp32_path: str | Path, out_path: str | Path, quant: str, exclude: list[str] | None = None) -> Path:
+    """Write ``fp32_path`` quantized as ``quant`` (fp32 | int8 | int4) to ``out_path``; nodes named in ``exclude``
+    stay as they are (int8/int4)."""
     import onnx
 
     fp32_path, out_path = Path(fp32_path), Path(out_path)
@@ -67,7 +68,7 @@ def quantize(fp32_path: str | Path, out_path: str | Path, quant: str) -> Path:
             bits=8 if quant == "int8" else 4,
             accuracy_level=ACCURACY_LEVEL,
         )
-        q = MatMulNBitsQuantizer(onnx.load(str(fp32_path)), algo_config=cfg)
+        q = MatMulNBitsQuantizer(onnx.load(str(fp32_path)), nodes_to_exclude=list(exclude or []), algo_config=cfg)
         q.process()
         _save(q.model.model, out_path)
     else:

@@ -91,8 +91,9 @@ def _row_order(want: np.ndarray, have: np.ndarray) -> np.ndarray | None:
 
 def transcode(fp32_path: str | Path, gguf_path: str | Path, out_path: str | Path, accuracy_level: int) -> dict:
     """Replace each MatMul of ``fp32_path`` whose weight is a Q4_0/Q4_1/Q8_0 tensor of ``gguf_path`` by MatMulNBits on
-    the GGUF's own blocks; write ``out_path`` (weights as external data). Returns counts per GGUF type and of
-    weights left (``left``) for the ordinary quantizer."""
+    the GGUF's own blocks; write ``out_path`` (weights as external data). Returns counts per GGUF type, of weights
+    left (``left``) for the ordinary quantizer, and the names of the small Q4_1 ``m`` MatMuls it must leave alone
+    (``keep_float``)."""
     import onnx
     from gguf import GGUFReader
     from onnx import helper, numpy_helper
@@ -155,7 +156,7 @@ def transcode(fp32_path: str | Path, gguf_path: str | Path, out_path: str | Path
             new_nodes += [
                 helper.make_node("Reshape", [node.input[0], shape], [f"{out}_blocks"]),
                 helper.make_node("ReduceSum", [f"{out}_blocks", f"{name}_gguf_axis"], [f"{out}_blocksum"], keepdims=0),
-                helper.make_node("MatMul", [f"{out}_blocksum", f"{name}_gguf_m"], [f"{out}_mterm"]),
+                helper.make_node("MatMul", [f"{out}_blocksum", f"{name}_gguf_m"], [f"{out}_mterm"], name=f"{name}_gguf_mterm"),
                 helper.make_node("Add", [nbits_out, f"{out}_mterm"], [out]),
             ]
         drop.add(name)
@@ -169,4 +170,4 @@ def transcode(fp32_path: str | Path, gguf_path: str | Path, out_path: str | Path
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save_model(model, str(out_path), save_as_external_data=True, all_tensors_to_one_file=True, location=out_path.name + ".data", size_threshold=1024)
-    return dict(counts)
+    return {**counts, "keep_float": [n.name for n in new_nodes if n.name.endswith("_gguf_mterm")]}
