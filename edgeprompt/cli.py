@@ -416,7 +416,8 @@ def _interrupt(*_) -> None:
 
 
 def cmd_serve(args) -> int:
-    from edgeprompt.runtimes.server import Limits, make_server
+    from edgeprompt.runtimes.limits import Limits
+    from edgeprompt.runtimes.server import make_server
 
     limits = Limits(**{f: getattr(args, f) for f in Limits.__dataclass_fields__}).check()  # before the model loads
     rt = _open_runtime(args)
@@ -780,7 +781,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--port", type=int, default=8080)
     sv.add_argument("--api-key", help="require Authorization: Bearer KEY on every endpoint but /health (or $EDGEPROMPT_API_KEY; 16+ characters)")
     sv.add_argument("--no-api-key", action="store_true", help="allow serving a non-loopback --host without a key (a trusted network only)")
-    from edgeprompt.runtimes.server import Limits
+    from edgeprompt.runtimes.limits import Limits
 
     lim = Limits()
     for flag, kind, text in (

@@ -46,6 +46,16 @@ RelPath = Annotated[str, Meta(min_length=1, max_length=4096)]  # confinement: Bu
 Text = Annotated[str, Meta(max_length=1 << 20)]
 
 
+class Versioned(Struct):
+    """A file that names its format and version (checked first, by :func:`decode`)."""
+
+    FORMAT: ClassVar[str] = ""
+    VERSION: ClassVar[int] = 0
+
+    format: str
+    version: int
+
+
 class BaseModel(Struct):
     """``ModelInfo``: the base model a bank, task or bundle was made for."""
 
@@ -109,12 +119,10 @@ class ParityRecord(Struct):
     passed: bool | None = None
 
 
-class BundleManifest(Struct):
+class BundleManifest(Versioned):
     FORMAT: ClassVar[str] = BUNDLE_FORMAT
     VERSION: ClassVar[int] = BUNDLE_VERSION
 
-    format: str
-    version: int
     base_model: BaseModel
     model: ModelRecord
     files: dict[RelPath, FileRecord] = {}  # every file a runtime reads must be listed (Bundle.verify_files)
@@ -131,12 +139,10 @@ class Probe(Struct):
 
 
 # -- bank -----------------------------------------------------------------------------------------
-class BankFile(Struct):
+class BankFile(Versioned):
     FORMAT: ClassVar[str] = BANK_FORMAT
     VERSION: ClassVar[int] = BANK_VERSION
 
-    format: str
-    version: int
     base_model: BaseModel
 
 
@@ -151,12 +157,10 @@ class CalibrationRecord(Struct):
     inputs: list[Text] = []
 
 
-class TaskManifest(Struct):
+class TaskManifest(Versioned):
     FORMAT: ClassVar[str] = TASK_FORMAT
     VERSION: ClassVar[int] = TASK_VERSION
 
-    format: str
-    version: int
     method: Annotated[str, Meta(min_length=1, max_length=100)]
     kind: Literal["classification", "generation"]
     num_virtual_tokens: Annotated[int, Meta(ge=1, le=MAX_VIRTUAL_TOKENS)]
@@ -184,14 +188,12 @@ class PeftAdapterConfig(Struct):
     base_model_name_or_path: str | None = None
 
 
-class CheckpointState(Struct):
+class CheckpointState(Versioned):
     """``state.json`` of a training checkpoint (the tensors are in ``tensors.safetensors``)."""
 
     FORMAT: ClassVar[str] = CHECKPOINT_FORMAT
     VERSION: ClassVar[int] = CHECKPOINT_VERSION
 
-    format: str
-    version: int
     step: Count
     best_step: Annotated[int, Meta(ge=-1, le=2**53)]
     best_score: Finite | None
@@ -223,7 +225,7 @@ def decode(raw: bytes, schema: type[Struct] | Any, where: str, error: type[EdgeP
     except msgspec.DecodeError as e:
         raise error(f"{where} is not valid JSON ({e}){fix}.") from None
     fmt = getattr(schema, "FORMAT", None)
-    if fmt is not None:
+    if fmt:
         if not isinstance(obj, dict) or obj.get("format") != fmt:
             found = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
             raise error(f"{where} is not an {fmt} file (its format is {found!r}){fix}.")

@@ -33,6 +33,13 @@ Encoder = Callable[[str], list]
 CONTENT_FREE_INPUTS = ("N/A", "", "[MASK]")
 
 
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    """Over the last axis, in float64 (label decisions are taken on these)."""
+    s = np.asarray(x, dtype=np.float64)
+    s = s - s.max(-1, keepdims=True)
+    return s - np.log(np.exp(s).sum(-1, keepdims=True))
+
+
 @dataclass
 class Calibration:
     """A label-prior correction, applied the same way by eval, the parity gate and every runtime.
@@ -48,12 +55,7 @@ class Calibration:
 
     def apply(self, scores: np.ndarray) -> np.ndarray:
         """Calibrated label log-probabilities ``[..., K]`` from label scores ``[..., K]`` (any log scale)."""
-        s = np.asarray(scores, dtype=np.float64)
-        s = s - s.max(-1, keepdims=True)
-        s = s - np.log(np.exp(s).sum(-1, keepdims=True))
-        c = s - np.asarray(self.log_prior, dtype=np.float64)
-        c = c - c.max(-1, keepdims=True)
-        return c - np.log(np.exp(c).sum(-1, keepdims=True))
+        return log_softmax(log_softmax(scores) - np.asarray(self.log_prior, dtype=np.float64))
 
     @classmethod
     def from_probabilities(cls, probs: np.ndarray, method: str = "content_free", inputs: Sequence[str] = CONTENT_FREE_INPUTS) -> "Calibration":
@@ -115,11 +117,7 @@ class TaskSpec:
 
     def decide(self, scores: np.ndarray) -> np.ndarray:
         """The label log-probabilities ``[..., K]`` a decision is taken on: calibrated when the task is."""
-        if self.calibration is not None:
-            return self.calibration.apply(scores)
-        s = np.asarray(scores, dtype=np.float64)
-        s = s - s.max(-1, keepdims=True)
-        return s - np.log(np.exp(s).sum(-1, keepdims=True))
+        return self.calibration.apply(scores) if self.calibration is not None else log_softmax(scores)
 
     def split_template(self) -> tuple[str, str, bool]:
         head, tail = self.template.split("{text}")
