@@ -329,6 +329,7 @@ def cmd_export(args) -> int:
         probes_per_task=args.probes,
         threads=args.threads,
         embeddings=args.embeddings,
+        accuracy_level=args.accuracy_level,
     )
     bank = None if args.no_bank else args.bank
     res = export_bundle(args.output, bank=bank, model=args.model, config=cfg, overwrite=args.overwrite, log=lambda s: print(s, file=sys.stderr))
@@ -700,7 +701,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--embeddings",
         choices=["fp32", "fp16", "int8"],
         default="fp32",
-        help="onnx: the embedding table as fp32, fp16 (half its bytes) or int8 rows with a scale each (a quarter); the parity gate records the cost",
+        help="onnx: the embedding table as fp32, fp16 (half its bytes) or int8 in blocks of 32 with a scale each (Q8_0's layout, 28%%); the parity gate records the cost",
+    )
+    x.add_argument(
+        "--accuracy-level",
+        type=int,
+        choices=[0, 1, 2, 3, 4],
+        help="onnx int8/int4: MatMulNBits' activations, 0 fp32 (exact weights give exact logits; slower) or 4 int8 (the default; the integer kernels)",
     )
     x.add_argument("--probes", type=int, default=8, help="parity probes per task")
     x.add_argument("--threads", type=int)

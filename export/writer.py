@@ -39,6 +39,7 @@ from edgeprompt.core.constants import (
     BUNDLE_TOKENIZER_FILE,
     BUNDLE_VERSION,
     EMBEDDING_DTYPES,
+    EMBEDDINGS_INT8_BLOCK,
     GGUF_MODEL_FILE,
     ONNX_EMBEDDINGS_FILE,
     ONNX_MODEL_FILE,
@@ -88,6 +89,7 @@ class ExportConfig:
     probes_per_task: int = 8
     threads: int | None = None
     embeddings: str = "fp32"
+    accuracy_level: int | None = None
 
     def __post_init__(self):
         try:
@@ -105,6 +107,13 @@ class ExportConfig:
             raise EdgePromptError("probes_per_task must be at least 1.")
         if self.embeddings not in EMBEDDING_DTYPES:
             raise EdgePromptError(f"--embeddings {self.embeddings!r}: choose one of {', '.join(EMBEDDING_DTYPES)}.")
+        if self.accuracy_level is not None:
+            from edgeprompt.export.onnx.quant import ACCURACY_LEVELS
+
+            if self.format != "onnx" or self.quant not in ("int8", "int4"):
+                raise EdgePromptError("--accuracy-level sets the activations of ONNX MatMulNBits: use it with --format onnx --quant int8 or int4.")
+            if self.accuracy_level not in ACCURACY_LEVELS:
+                raise EdgePromptError(f"--accuracy-level {self.accuracy_level}: choose 0 (fp32 activations) or 4 (int8, faster); 1-3 are fp32, fp16, bf16.")
         if self.embeddings != "fp32" and self.format != "onnx":
             raise EdgePromptError("--embeddings sets the ONNX bundle's separate embedding table; a GGUF's table is quantized with the model (--quant).")
 
@@ -185,38 +194,59 @@ def _export_onnx(lm, cfg: ExportConfig, tmp: Path, scratch: Path, log, model_spe
     fp32 = export_decoder(lm, scratch / ONNX_MODEL_FILE)
     rel = f"{BUNDLE_MODEL_DIR}/{ONNX_MODEL_FILE}"
     transcoded = None
+    level = ACCURACY_LEVEL if cfg.accuracy_level is None else cfg.accuracy_level
     src = _source_gguf(model_spec) if cfg.quant == "int4" else None
     if src is not None:  # the GGUF's own Q4/Q8 blocks, not a second rounding of their dequantized values
         from edgeprompt.export.onnx.transcode import transcode
 
         log(f"transcoding {src.name}'s Q4_0/Q4_1/Q8_0 blocks into MatMulNBits ...")
-        transcoded = transcode(fp32, src, scratch / "transcoded" / ONNX_MODEL_FILE, ACCURACY_LEVEL)
+        transcoded = transcode(fp32, src, scratch / "transcoded" / ONNX_MODEL_FILE, level)
         fp32 = scratch / "transcoded" / ONNX_MODEL_FILE
     log(f"quantizing: {cfg.quant} ..." if transcoded is None or transcoded.get("left") else "every weight transcoded: nothing left to quantize")
     keep = transcoded.pop("keep_float", []) if transcoded is not None else []
-    quantize(fp32, tmp / rel, "fp32" if transcoded is not None and not transcoded.get("left") else cfg.quant, exclude=keep)
+    quantize(fp32, tmp / rel, "fp32" if transcoded is not None and not transcoded.get("left") else cfg.quant, exclude=keep, accuracy_level=level)
     emb_rel = f"{BUNDLE_MODEL_DIR}/{ONNX_EMBEDDINGS_FILE}"
-    atomic_write_safetensors(tmp / emb_rel, embedding_table(lm.embeddings.detach().float().numpy(), cfg.embeddings))
+    emb = lm.embeddings.detach().float().numpy()
+    shared = False
+    if cfg.embeddings == "int8" and transcoded is not None and transcoded.get("Q8_0"):
+        from edgeprompt.export.onnx.transcode import share_head_with_table
+
+        shared = share_head_with_table(tmp / rel, emb, tmp / emb_rel)  # a tied Q8_0 head: the table is its weights
+        if shared:
+            log("the LM head and the embedding table share one Q8_0 copy of token_embd")
+    if not shared:
+        atomic_write_safetensors(tmp / emb_rel, embedding_table(emb, cfg.embeddings))
     rec = {ModelKeys.FILE: rel, ModelKeys.EMBEDDINGS: emb_rel, ModelKeys.TENSOR_TYPES: op_types(tmp / rel)}
+    if shared:
+        rec[ModelKeys.EMBEDDINGS_IN_GRAPH] = True
     if transcoded is not None:
         rec[ModelKeys.TRANSCODED] = {"source": src.name, **transcoded}
     if cfg.embeddings != "fp32":
         rec[ModelKeys.EMBEDDINGS_DTYPE] = cfg.embeddings
+    if cfg.quant in ("int8", "int4"):
+        rec[ModelKeys.ACCURACY_LEVEL] = level
     return rec
 
 
 def embedding_table(emb: np.ndarray, dtype: str) -> dict[str, np.ndarray]:
-    """The bundle's embedding table ``[V, d]`` as ``dtype``: fp32; fp16; or int8 rows with a float32 scale per row
-    (symmetric, the row's max |x| / 127, as llama.cpp's Q8_0 does per block of 32), read back by
-    :meth:`OnnxEngine.embed` and the web app as ``int8 * scale``."""
+    """The bundle's embedding table ``[V, d]`` as ``dtype``: fp32; fp16; or int8 in blocks of 32 along ``d`` with a
+    scale per block ``[V, d/32]`` (Q8_0's scheme: symmetric, the block's max |x| / 127, the scale rounded to fp16
+    and kept as float32), read back by :meth:`OnnxEngine.embed` and the web app as ``int8 * scale``.
+
+    A table that is already Q8_0 (a GGUF's ``token_embd``, dequantized by transformers: ``x = d·q`` with fp16
+    ``d`` and ``max |q| = 127``) comes back bit for bit: ``fp16(max|x| / 127)`` is ``d`` again and ``x / d`` is ``q``.
+    """
     if dtype == "fp32":
         return {TENSOR_EMBEDDINGS: np.ascontiguousarray(emb, dtype=np.float32)}
     if dtype == "fp16":
         return {TENSOR_EMBEDDINGS: emb.astype(np.float16)}
-    scale = np.abs(emb).max(axis=1) / 127.0
+    V, d = emb.shape
+    B = EMBEDDINGS_INT8_BLOCK if d % EMBEDDINGS_INT8_BLOCK == 0 else d  # a width with no blocks of 32: one per row
+    blocks = np.asarray(emb, dtype=np.float32).reshape(V, d // B, B)
+    scale = (np.abs(blocks).max(axis=2) / np.float32(127.0)).astype(np.float16).astype(np.float32)  # [V, d/B]
     scale[scale == 0] = 1.0
-    q = np.clip(np.rint(emb / scale[:, None]), -127, 127).astype(np.int8)
-    return {TENSOR_EMBEDDINGS: q, TENSOR_EMBEDDINGS_SCALE: scale.astype(np.float32)}
+    q = np.clip(np.rint(blocks / scale[:, :, None]), -127, 127).astype(np.int8).reshape(V, d)
+    return {TENSOR_EMBEDDINGS: q, TENSOR_EMBEDDINGS_SCALE: scale}
 
 
 def _export_gguf(lm, model_spec, cfg: ExportConfig, tasks: list[BankTask], tmp: Path, scratch: Path, log) -> dict:

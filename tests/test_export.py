@@ -337,11 +337,31 @@ def test_cli_train_against_a_bundle_records_it(bundle_of, tiny_tied_dir, tiny_cs
     assert man["trained_against"]["quant"] == "q4_0" and man["trained_against"]["model_sha256"] == file_sha256(b / "model/model.gguf")
 
 
+def test_int8_embedding_table_keeps_a_q8_0_table_bit_for_bit():
+    """A GGUF's Q8_0 ``token_embd`` (x = d·q, d fp16, each block's max |q| = 127), dequantized as transformers
+    does, is stored as its own q and d again: the phone's int8 table is exactly the table llama.cpp reads."""
+    from edgeprompt.core.constants import TENSOR_EMBEDDINGS, TENSOR_EMBEDDINGS_SCALE
+    from edgeprompt.export.writer import embedding_table
+
+    rng = np.random.default_rng(0)
+    V, d = 257, 96
+    q = rng.integers(-127, 128, size=(V, d // 32, 32)).astype(np.int8)
+    q[:, :, 0] = rng.choice([-127, 127], size=(V, d // 32))  # ggml's Q8_0: d = max|x| / 127, so a ±127 per block
+    dd = rng.uniform(1e-4, 2e-2, size=(V, d // 32)).astype(np.float16)
+    x = (q.astype(np.float32) * dd.astype(np.float32)[:, :, None]).reshape(V, d)
+    t = embedding_table(x, "int8")
+    assert t[TENSOR_EMBEDDINGS_SCALE].shape == (V, d // 32)
+    assert np.array_equal(t[TENSOR_EMBEDDINGS], q.reshape(V, d)) and np.array_equal(t[TENSOR_EMBEDDINGS_SCALE], dd.astype(np.float32))
+    back = (t[TENSOR_EMBEDDINGS].reshape(V, d // 32, 32) * t[TENSOR_EMBEDDINGS_SCALE][:, :, None]).reshape(V, d)
+    assert np.array_equal(back, x)
+
+
 @pytest.mark.parametrize("dtype", ["fp16", "int8"])
 def test_smaller_embedding_tables_read_back_within_their_rounding(bundle_of, dtype):
     """`--embeddings fp16|int8` (issue 12: the phone's download): the table shrinks 2x or ~4x, each row reads back
-    within its format's rounding (fp16: half an ulp, 2^-11 of the value; int8: half a step, scale/2), and the
-    parity gate records what it costs instead of holding it to the fp32 bound."""
+    within its format's rounding (fp16: half an ulp, 2^-11 of the value; int8: half a step of its block of 32,
+    the step itself rounded to fp16: scale/2 * (1 + 2^-11)), and the parity gate records what it costs instead of
+    holding it to the fp32 bound."""
     from edgeprompt.core.constants import ModelKeys
     from edgeprompt.export.writer import ExportConfig
     from edgeprompt.runtimes import open_bundle
@@ -352,7 +372,8 @@ def test_smaller_embedding_tables_read_back_within_their_rounding(bundle_of, dty
     size = (small / "model" / "embeddings.safetensors").stat().st_size
     with open_bundle(full, threads=1) as a, open_bundle(small, threads=1) as b:
         V, d = a.vocab_size, a.backend.engine.hidden_size
-        want = V * d * 2 if dtype == "fp16" else V * d + 4 * V  # the table (and an int8 table's row scales)
+        B = 32 if d % 32 == 0 else d  # int8: a scale per block of 32 (per row when d has no such blocks)
+        want = V * d * 2 if dtype == "fp16" else V * d + 4 * V * (d // B)  # the table (and an int8 table's scales)
         assert want <= size <= want + 512, (size, want)  # + the safetensors header
         assert a.bundle.full_precision and not b.bundle.full_precision
         ids = np.arange(a.vocab_size)
@@ -361,11 +382,26 @@ def test_smaller_embedding_tables_read_back_within_their_rounding(bundle_of, dty
         if dtype == "fp16":
             assert (np.abs(x - y) <= 2.0**-11 * np.abs(x) + 2.0**-24).all()
         else:
-            step = np.abs(x).max(axis=1, keepdims=True) / 127
-            assert (np.abs(x - y) <= step / 2 + 1e-7).all()
+            step = np.repeat(np.abs(x).reshape(V, d // B, B).max(axis=2) / 127, B, axis=1)  # [V, d]
+            assert (np.abs(x - y) <= step / 2 * (1 + 2.0**-11) + 1e-7).all()
         assert {t: r["passed"] for t, r in m["parity"].items()} == {t: None for t in m["parity"]}  # recorded, not gated
         for task in ("pt", "px"):
             for text in ("what a lovely day", "the service was awful"):
                 assert b.classify(task, text).label == a.classify(task, text).label or abs(a.classify(task, text).probabilities["positive"] - 0.5) < 0.05
     with pytest.raises(EdgePromptError, match="--embeddings"):
         ExportConfig(format="gguf", quant="q8_0", embeddings="fp16")
+
+
+def test_accuracy_level_is_checked_and_recorded(bundle_of):
+    """``--accuracy-level`` belongs to ONNX MatMulNBits (int8/int4) and is one of its five values; the manifest says
+    which one the graph runs (4 unless asked: the integer kernels)."""
+    from edgeprompt.export.writer import ExportConfig
+
+    for bad in (dict(format="gguf", quant="q8_0"), dict(format="onnx", quant="fp32")):
+        with pytest.raises(EdgePromptError, match="--accuracy-level .*--quant int8 or int4"):
+            ExportConfig(accuracy_level=0, **bad)
+    with pytest.raises(EdgePromptError, match="choose 0"):
+        ExportConfig(format="onnx", quant="int8", accuracy_level=7)
+    m = json.loads((bundle_of("onnx", "int8", embeddings="int8") / "manifest.json").read_text())["model"]
+    assert m["accuracy_level"] == 4 and "embeddings_in_graph" not in m  # re-quantized: no Q8_0 head to share
+    assert "accuracy_level" not in json.loads((bundle_of("onnx", "fp32") / "manifest.json").read_text())["model"]

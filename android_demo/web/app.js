@@ -181,16 +181,26 @@ async function load() {
   const m = reader.model;
   const extRels = reader.externalDataFiles();
   const graph = await reader.read(m.file);
+  const tableBytes = await reader.read(m.embeddings);
   const ext = [];
   for (const rel of extRels) ext.push({ path: rel.slice(rel.lastIndexOf("/") + 1), data: new Uint8Array(await reader.read(rel)) });
-  const table = readSafetensors(await reader.read(m.embeddings), m.embeddings);
+  // a tied Q8_0 LM head reads its weights from the embedding table's file (one copy of token_embd)
+  if (m.embeddings_in_graph) ext.push({ path: m.embeddings.slice(m.embeddings.lastIndexOf("/") + 1), data: new Uint8Array(tableBytes) });
+  const table = readSafetensors(tableBytes, m.embeddings);
   const emb = table.embeddings;
-  if (emb && table.embeddings_scale) {
-    // an int8 table (export --embeddings int8): row = int8 * its scale, as OnnxEngine.embed reads it
+  if (emb && (emb.data instanceof Int8Array || emb.data instanceof Uint8Array)) {
+    // an int8 table (export --embeddings int8): x = int8 * the scale of its block, applied per lookup (the table
+    // stays a quarter of fp32 in memory), as OnnxEngine.embed reads it; scales [V, G] (a block of d/G per scale)
+    // or [V] (one per row, bundles of 0.1)
     const [V, d] = emb.shape;
-    const scale = table.embeddings_scale.data;
-    if (scale.length !== V) throw new DemoError("bundle", `${m.embeddings}: embeddings_scale has ${scale.length} rows, the table ${V}; re-export the bundle.`);
-    for (let r = 0; r < V; r++) for (let c = 0; c < d; c++) emb.data[r * d + c] *= scale[r];
+    const scale = table.embeddings_scale?.data;
+    const G = scale ? scale.length / V : 0;
+    if (!scale || !Number.isInteger(G) || G < 1 || d % G !== 0) {
+      throw new DemoError("bundle", `${m.embeddings}: an int8 table [${V}, ${d}] needs embeddings_scale [${V}, G] with G dividing ${d}; re-export the bundle.`);
+    }
+    emb.scale = scale;
+    emb.groups = G;
+    emb.zeroPoint = emb.data instanceof Uint8Array ? 128 : 0; // U8: q + 128, the bytes of a shared Q8_0 LM head
   }
   if (!emb || emb.shape.length !== 2 || emb.shape[0] < reader.baseModel.vocab_size || emb.shape[1] !== reader.baseModel.hidden_size) {
     throw new DemoError("bundle", `${m.embeddings} does not hold an embedding table [${reader.baseModel.vocab_size}, ${reader.baseModel.hidden_size}]; re-export the bundle.`);

@@ -14,7 +14,8 @@ export class OnnxModel {
    * @param ort the onnxruntime-web module (env already set)
    * @param {ArrayBuffer} graph decoder.onnx
    * @param {{path: string, data: Uint8Array}[]} externalData the files its initializers name (decoder.onnx.data)
-   * @param {{shape: number[], data: Float32Array}} embeddings [V, d]
+   * @param {{shape: number[], data: Float32Array|Int8Array|Uint8Array, scale?: Float32Array, groups?: number, zeroPoint?: number}} embeddings [V, d]
+   *   (an int8 table: x = (data - zeroPoint) * scale[row * groups + floor(col / (d / groups))], widened per lookup)
    * @param info the manifest's base_model (num_layers, num_kv_heads, head_dim)
    */
   static async create(ort, graph, externalData, embeddings, info) {
@@ -36,7 +37,11 @@ export class OnnxModel {
   constructor(ort, session, embeddings, info) {
     this.ort = ort;
     this.session = session;
-    this.embeddings = embeddings.data;
+    this.embeddings = embeddings.data; // Float32Array, or Int8Array with a scale per block of d/groups
+    this.embeddingsScale = embeddings.scale ?? null;
+    this.embeddingsGroups = embeddings.groups ?? 1;
+    this.embeddingsZeroPoint = embeddings.zeroPoint ?? 0;
+    this.embeddingsBytes = this.embeddings.byteLength + (this.embeddingsScale ? this.embeddingsScale.byteLength : 0);
     [this.vocabRows, this.hiddenSize] = embeddings.shape;
     const names = session.inputNames;
     if (!names.includes("inputs_embeds")) {
@@ -93,7 +98,14 @@ export class OnnxModel {
     const out = new Float32Array(ids.length * d);
     ids.forEach((id, k) => {
       if (!(id >= 0 && id < this.vocabRows)) throw new DemoError("request", `token id ${id} is outside the embedding table (${this.vocabRows} rows).`);
-      out.set(this.embeddings.subarray(id * d, (id + 1) * d), k * d);
+      if (this.embeddingsScale === null) {
+        out.set(this.embeddings.subarray(id * d, (id + 1) * d), k * d);
+        return;
+      }
+      const G = this.embeddingsGroups;
+      const B = d / G;
+      const z = this.embeddingsZeroPoint;
+      for (let c = 0; c < d; c++) out[k * d + c] = (this.embeddings[id * d + c] - z) * this.embeddingsScale[id * G + Math.floor(c / B)];
     });
     return out;
   }

@@ -131,6 +131,7 @@ export class Runtime {
     const all = readSafetensors(await this.reader.read(rel), rel);
     const x = all[key];
     if (!x) throw new DemoError("bundle", `task ${name}: ${rel} has no tensor ${key} (found ${Object.keys(all)}); re-export the bundle.`);
+    if (!(x.data instanceof Float32Array)) throw new DemoError("bundle", `task ${name}: ${key} in ${rel} is integer; a task's tensors are float (F32, F16 or BF16).`);
     for (const v of x.data) if (!Number.isFinite(v)) throw new DemoError("bundle", `task ${name}: ${key} holds NaN or Inf values; retrain or re-import the task.`);
     return x;
   }
@@ -266,7 +267,7 @@ export class Runtime {
   memory() {
     return {
       model_files: this.reader.config.bundle.model_bytes,
-      embeddings: this.model.embeddings.byteLength,
+      embeddings: this.model.embeddingsBytes,
       prefix_cache: this.cache.bytes,
       prefix_cache_tasks: this.cache.names,
       last_sequence_kv: this.lastSequenceBytes,

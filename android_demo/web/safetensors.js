@@ -1,11 +1,11 @@
 /**
  * A safetensors reader: 8 bytes (u64 little-endian) of header length, a JSON header
- * ({name: {dtype, shape, data_offsets}}), then the raw tensors. Returns float32 arrays (F16, BF16 and I8 widened),
+ * ({name: {dtype, shape, data_offsets}}), then the raw tensors. Returns float32 arrays (F16 and BF16 widened; I8 and U8 kept as integers),
  * as the Python runtime's read_safetensors does; the tensors are read as they are, never re-encoded.
  */
 import { DemoError } from "./errors.js";
 
-const ITEM = { F32: 4, F16: 2, BF16: 2, I8: 1 };
+const ITEM = { F32: 4, F16: 2, BF16: 2, I8: 1, U8: 1 };
 
 function f16ToF32(h) {
   const s = h & 0x8000 ? -1 : 1;
@@ -37,7 +37,7 @@ export function readSafetensors(buffer, what) {
   for (const [name, t] of Object.entries(header)) {
     if (name === "__metadata__") continue;
     const size = ITEM[t.dtype];
-    if (!size) throw bad(`tensor ${name} has dtype ${t.dtype}; F32, F16, BF16 or I8 expected`);
+    if (!size) throw bad(`tensor ${name} has dtype ${t.dtype}; F32, F16, BF16, I8 or U8 expected`);
     const count = t.shape.reduce((a, b) => a * b, 1);
     const [a, b] = t.data_offsets;
     if (b - a !== count * size || base + b > buffer.byteLength) throw bad(`tensor ${name}'s offsets do not fit its shape`);
@@ -45,7 +45,9 @@ export function readSafetensors(buffer, what) {
     if (t.dtype === "F32") {
       data = (base + a) % 4 === 0 ? new Float32Array(buffer, base + a, count) : new Float32Array(buffer.slice(base + a, base + b));
     } else if (t.dtype === "I8") {
-      data = Float32Array.from(new Int8Array(buffer, base + a, count)); // the integers; a caller applies any scale
+      data = new Int8Array(buffer, base + a, count); // the integers, kept small; a caller applies any scale
+    } else if (t.dtype === "U8") {
+      data = new Uint8Array(buffer, base + a, count); // q + 128 (a table shared with a Q8_0 LM head); a caller subtracts
     } else {
       const raw = new DataView(buffer, base + a, b - a);
       data = new Float32Array(count);

@@ -156,9 +156,13 @@ BUNDLE_PROBES_DIR = "probes"
 ONNX_MODEL_FILE = "decoder.onnx"
 ONNX_EMBEDDINGS_FILE = "embeddings.safetensors"
 TENSOR_EMBEDDINGS = "embeddings"  # [V, d] in the bundle's embeddings.safetensors (float32, float16 or int8)
-TENSOR_EMBEDDINGS_SCALE = "embeddings_scale"  # [V] float32: an int8 table's row scales (row = int8 * scale)
+#: [V, d/EMBEDDINGS_INT8_BLOCK] float32: an int8 table's scale per block of each row (x = int8 * scale), as
+#: llama.cpp's Q8_0 keeps them. Bundles of 0.1 have one scale per row, [V]: still read.
+TENSOR_EMBEDDINGS_SCALE = "embeddings_scale"
+EMBEDDINGS_INT8_BLOCK = 32
 #: The ONNX bundle's embedding table as written (``export --embeddings``): fp32 as trained, fp16 (half the
-#: download), or int8 rows with a float32 scale each (a quarter). The parity gate records what it costs.
+#: download), or int8 in blocks of 32 with an fp16-exact float32 scale each (Q8_0's layout, 28% of fp32; a
+#: Q8_0 table comes back exactly). The parity gate records what it costs.
 EMBEDDING_DTYPES = ("fp32", "fp16", "int8")
 GGUF_MODEL_FILE = "model.gguf"
 PROBES_FILE = "probes.json"
@@ -215,6 +219,10 @@ class ModelKeys:
     FILE = "file"  # relative path of the model file
     EMBEDDINGS = "embeddings"  # onnx: relative path of embeddings.safetensors
     EMBEDDINGS_DTYPE = "embeddings_dtype"  # onnx: one of EMBEDDING_DTYPES (absent: fp32)
+    #: onnx: the graph's LM head reads its weights from the embedding table file (a tied Q8_0 head: one copy, the
+    #: table stored as U8 q + 128 with its block scales); such a table is also the graph's external data
+    EMBEDDINGS_IN_GRAPH = "embeddings_in_graph"
+    ACCURACY_LEVEL = "accuracy_level"  # onnx int8/int4: MatMulNBits' activations (0 fp32, 4 int8); absent: none
     TRANSCODED = "transcoded"  # onnx int4 from a GGUF: {"source", GGUF type: weights carried over, "left": re-quantized}
     CONTEXT_LENGTH = "context_length"
     TENSOR_TYPES = "tensor_types"  # {type name: count}, what was actually written

@@ -82,6 +82,8 @@ class ModelRecord(Struct):
     context_length: Positive | None = None
     embeddings: RelPath | UnsetType = UNSET  # absent or a path, never null
     embeddings_dtype: Literal["fp32", "fp16", "int8"] = "fp32"
+    accuracy_level: Annotated[int, Meta(ge=0, le=4)] | None = None
+    embeddings_in_graph: bool = False
     tensor_types: dict[str, Count] = {}
     virtual_tokens: dict[Name, list[TokenId]] = {}
     logit_mask: list[TokenId] = []

@@ -26,6 +26,9 @@ from edgeprompt.core.errors import EdgePromptError
 
 BLOCK_SIZE = 32
 ACCURACY_LEVEL = 4  # int8 activations per block: the integer kernels (see the module docstring)
+#: MatMulNBits' ``accuracy_level``: the type its activations are computed in. 0 leaves it to the kernel (fp32 on
+#: CPU), 1 fp32, 2 fp16, 3 bf16, 4 int8. ``export --accuracy-level`` picks; 0 keeps exact weights exact.
+ACCURACY_LEVELS = (0, 1, 2, 3, 4)
 
 
 def _save(model, out_path: Path) -> None:
@@ -35,9 +38,9 @@ def _save(model, out_path: Path) -> None:
     onnx.save_model(model, str(out_path), save_as_external_data=True, all_tensors_to_one_file=True, location=data, size_threshold=1024)
 
 
-def quantize(fp32_path: str | Path, out_path: str | Path, quant: str, exclude: list[str] | None = None) -> Path:
+def quantize(fp32_path: str | Path, out_path: str | Path, quant: str, exclude: list[str] | None = None, accuracy_level: int = ACCURACY_LEVEL) -> Path:
     """Write ``fp32_path`` quantized as ``quant`` (fp32 | int8 | int4) to ``out_path``; nodes named in ``exclude``
-    stay as they are (int8/int4)."""
+    stay as they are (int8/int4); ``accuracy_level`` is MatMulNBits' (``ACCURACY_LEVELS``)."""
     import onnx
 
     fp32_path, out_path = Path(fp32_path), Path(out_path)
@@ -66,7 +69,7 @@ def quantize(fp32_path: str | Path, out_path: str | Path, quant: str, exclude: l
             is_symmetric=True,
             op_types_to_quantize=("MatMul",),
             bits=8 if quant == "int8" else 4,
-            accuracy_level=ACCURACY_LEVEL,
+            accuracy_level=accuracy_level,
         )
         q = MatMulNBitsQuantizer(onnx.load(str(fp32_path)), nodes_to_exclude=list(exclude or []), algo_config=cfg)
         q.process()

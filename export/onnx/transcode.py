@@ -89,8 +89,29 @@ def _row_order(want: np.ndarray, have: np.ndarray) -> np.ndarray | None:
     return np.array(perm)
 
 
+def _linear(node, inits) -> tuple:
+    """A node computing ``x @ W.T`` with a constant ``W [N, K]`` (K a multiple of 32): ``MatMul(x, W.T)``, or a
+    plain ``Gemm(x, W, C?, transB=1)`` (the dynamo exporter's LM head). Returns (initializer, ``W``, C's name or
+    None), or (None, None, None)."""
+    from onnx import helper, numpy_helper
+
+    if node.op_type == "MatMul" and len(node.input) == 2:
+        w = inits.get(node.input[1])
+        if w is None or len(w.dims) != 2 or w.dims[0] % BLOCK:
+            return None, None, None
+        return w, numpy_helper.to_array(w).T, None  # the ONNX [K, N] -> the HF weight [N, K], rows = outputs
+    if node.op_type == "Gemm" and len(node.input) in (2, 3):
+        a = {x.name: helper.get_attribute_value(x) for x in node.attribute}
+        w = inits.get(node.input[1])
+        plain = a.get("transA", 0) == 0 and a.get("transB", 0) == 1 and a.get("alpha", 1.0) == 1.0 and a.get("beta", 1.0) == 1.0
+        if not plain or w is None or len(w.dims) != 2 or w.dims[1] % BLOCK:
+            return None, None, None
+        return w, numpy_helper.to_array(w), (node.input[2] if len(node.input) == 3 and node.input[2] else None)
+    return None, None, None
+
+
 def transcode(fp32_path: str | Path, gguf_path: str | Path, out_path: str | Path, accuracy_level: int) -> dict:
-    """Replace each MatMul of ``fp32_path`` whose weight is a Q4_0/Q4_1/Q8_0 tensor of ``gguf_path`` by MatMulNBits on
+    """Replace each MatMul (or plain Gemm, see :func:`_linear`) of ``fp32_path`` whose weight is a Q4_0/Q4_1/Q8_0 tensor of ``gguf_path`` by MatMulNBits on
     the GGUF's own blocks; write ``out_path`` (weights as external data). Returns counts per GGUF type, of weights
     left (``left``) for the ordinary quantizer, and the names of the small Q4_1 ``m`` MatMuls it must leave alone
     (``keep_float``)."""
@@ -112,11 +133,10 @@ def transcode(fp32_path: str | Path, gguf_path: str | Path, out_path: str | Path
     counts: Counter = Counter()
     new_nodes, new_inits, drop = [], [], set()
     for node in g.node:
-        w = inits.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
-        if w is None or len(w.dims) != 2 or w.dims[0] % BLOCK:
+        w, W, bias = _linear(node, inits)
+        if w is None:
             new_nodes.append(node)
             continue
-        W = numpy_helper.to_array(w).T  # [N, K]: the HF weight, rows = outputs
         hit = None
         for kind, conv in by_shape.get(W.shape, []):
             if id(conv) in used:
@@ -143,13 +163,15 @@ def transcode(fp32_path: str | Path, gguf_path: str | Path, out_path: str | Path
             ins.append(f"{name}_gguf_zp")
             new_inits.append(numpy_helper.from_array(np.ascontiguousarray(conv["zero_points"][perm]), ins[3]))
         out = node.output[0]
+        if bias is not None:  # a Gemm's C: added after the product
+            out = f"{node.output[0]}_nobias"
         nbits_out = out if "m" not in conv else f"{out}_nbits"
         attrs = {"K": K, "N": N, "bits": conv["bits"], "block_size": BLOCK, "accuracy_level": accuracy_level}
         new_nodes.append(helper.make_node("MatMulNBits", ins, [nbits_out], name=f"{node.name or name}_gguf", domain="com.microsoft", **attrs))
         if "m" in conv:  # Q4_1: + (the input's sum over each block) @ m
             shape = f"{name}_gguf_blockshape"
             new_inits += [
-                numpy_helper.from_array(np.array([0, 0, K // BLOCK, BLOCK], dtype=np.int64), shape),
+                numpy_helper.from_array(np.array([0] * (2 if node.op_type == "MatMul" else 1) + [K // BLOCK, BLOCK], dtype=np.int64), shape),
                 numpy_helper.from_array(np.array([-1], dtype=np.int64), f"{name}_gguf_axis"),
                 numpy_helper.from_array(np.ascontiguousarray(conv["m"][:, perm]), f"{name}_gguf_m"),
             ]
@@ -159,6 +181,8 @@ def transcode(fp32_path: str | Path, gguf_path: str | Path, out_path: str | Path
                 helper.make_node("MatMul", [f"{out}_blocksum", f"{name}_gguf_m"], [f"{out}_mterm"], name=f"{name}_gguf_mterm"),
                 helper.make_node("Add", [nbits_out, f"{out}_mterm"], [out]),
             ]
+        if bias is not None:
+            new_nodes.append(helper.make_node("Add", [out, bias], [node.output[0]]))
         drop.add(name)
     del g.node[:]
     g.node.extend(new_nodes)
@@ -171,3 +195,55 @@ def transcode(fp32_path: str | Path, gguf_path: str | Path, out_path: str | Path
     out_path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save_model(model, str(out_path), save_as_external_data=True, all_tensors_to_one_file=True, location=out_path.name + ".data", size_threshold=1024)
     return {**counts, "keep_float": [n.name for n in new_nodes if n.name.endswith("_gguf_mterm")]}
+
+
+def share_head_with_table(model_path: str | Path, emb: np.ndarray, table_path: str | Path) -> bool:
+    """One copy of a tied ``token_embd``, as the GGUF has: if the graph's LM head is an 8-bit MatMulNBits whose
+    weights are exactly ``emb [V, d]`` in Q8_0 form (a transcoded Q8_0 head, tied to the input embeddings), write the
+    embedding table as the head's own bytes, ``embeddings`` U8 ``[V, d]`` (q + 128, MatMulNBits' zero point) and
+    ``embeddings_scale`` F32 ``[V, d/32]``, to ``table_path``, and point the head's ``B`` and ``scales`` into that
+    file (ONNX external data: location, offset, length). Returns False, writing nothing, when there is no such head.
+    """
+    import json
+    import os
+
+    import onnx
+    from onnx import helper, numpy_helper
+    from onnx.external_data_helper import set_external_data
+
+    from edgeprompt.core.constants import TENSOR_EMBEDDINGS, TENSOR_EMBEDDINGS_SCALE
+    from edgeprompt.core.files import atomic_write_safetensors
+
+    model_path, table_path = Path(model_path), Path(table_path)
+    V, d = emb.shape
+    if d % BLOCK:
+        return False
+    model = onnx.load(str(model_path))
+    inits = {i.name: i for i in model.graph.initializer}
+    for node in model.graph.node:
+        a = {x.name: helper.get_attribute_value(x) for x in node.attribute}
+        if node.op_type != "MatMulNBits" or a.get("bits") != 8 or a.get("N") != V or a.get("K") != d or len(node.input) != 3:
+            continue
+        if node.input[1] not in inits or node.input[2] not in inits:
+            continue
+        B = numpy_helper.to_array(inits[node.input[1]]).reshape(V, d)
+        S = numpy_helper.to_array(inits[node.input[2]]).reshape(V, d // BLOCK).astype(np.float32)
+        x = ((B.astype(np.float32) - 128).reshape(V, d // BLOCK, BLOCK) * S[:, :, None]).reshape(V, d)
+        if not np.array_equal(x, np.asarray(emb, dtype=np.float32)):
+            continue
+        atomic_write_safetensors(table_path, {TENSOR_EMBEDDINGS: B, TENSOR_EMBEDDINGS_SCALE: S})
+        with open(table_path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n))
+        for name, key in ((node.input[1], TENSOR_EMBEDDINGS), (node.input[2], TENSOR_EMBEDDINGS_SCALE)):
+            lo, hi = header[key]["data_offsets"]
+            t = inits[name]
+            t.raw_data = t.raw_data or numpy_helper.to_array(t).tobytes()  # set_external_data wants raw bytes present
+            set_external_data(t, table_path.name, offset=8 + n + lo, length=hi - lo)
+            t.ClearField("raw_data")  # the table file holds them; onnx's save writes only tensors with raw bytes
+        data = model_path.with_name(model_path.name + ".data")
+        if data.exists():
+            os.unlink(data)  # onnx appends to an existing data file; everything else is in memory
+        onnx.save_model(model, str(model_path), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name, size_threshold=1024)
+        return True
+    return False

@@ -54,16 +54,24 @@ class OnnxEngine:
         self.takes_ids = N.INPUTS_EMBEDS not in names and "input_ids" in names
         self.takes_position_ids = N.POSITION_IDS in names
         self.embeddings_scale = None
+        self.embeddings_zero_point = 0
         if embeddings_path is not None:
             t = read_safetensors(embeddings_path, "embedding table")
             self.embeddings = t[TENSOR_EMBEDDINGS]  # kept as written (fp16 or int8 stay small); rows widen per lookup
             if self.embeddings.ndim != 2:
                 raise BundleError(f"{embeddings_path}: the embedding table is {list(self.embeddings.shape)}, not [V, d]; re-export the bundle.")
-            if self.embeddings.dtype == np.int8:
-                self.embeddings_scale = t.get(TENSOR_EMBEDDINGS_SCALE)
-                if self.embeddings_scale is None or self.embeddings_scale.shape != (self.embeddings.shape[0],):
-                    raise BundleError(f"{embeddings_path}: an int8 embedding table needs {TENSOR_EMBEDDINGS_SCALE!r} [V]; re-export the bundle.")
-                self.embeddings_scale = self.embeddings_scale.astype(np.float32)
+            self.embeddings_zero_point = 128 if self.embeddings.dtype == np.uint8 else 0  # U8: a shared Q8_0 head's q + 128
+            if self.embeddings.dtype in (np.int8, np.uint8):
+                scale = t.get(TENSOR_EMBEDDINGS_SCALE)
+                V, d = self.embeddings.shape
+                if scale is not None and scale.ndim == 1:  # one scale per row (bundles of 0.1)
+                    scale = scale[:, None]
+                if scale is None or scale.ndim != 2 or scale.shape[0] != V or scale.shape[1] < 1 or d % scale.shape[1]:
+                    got = "none" if scale is None else list(scale.shape)
+                    raise BundleError(
+                        f"{embeddings_path}: an int8 embedding table [{V}, {d}] needs {TENSOR_EMBEDDINGS_SCALE!r} [V, G] with G dividing {d} (got {got}); re-export the bundle."
+                    )
+                self.embeddings_scale = scale.astype(np.float32)  # [V, G]: a scale per block of d/G
             elif self.embeddings.dtype not in (np.float32, np.float16):
                 self.embeddings = self.embeddings.astype(np.float32)
             self.vocab_size, self.hidden_size = self.embeddings.shape
@@ -101,10 +109,16 @@ class OnnxEngine:
         return sum(a.nbytes for a in state)
 
     def embed(self, ids: Sequence[int]) -> np.ndarray:
-        """Token ids ``[T]`` -> input embeddings ``[T, d]`` (float32; an int8 table's rows times their scale)."""
+        """Token ids ``[T]`` -> input embeddings ``[T, d]`` (float32; an int8 table's blocks times their scales)."""
         idx = np.asarray(ids, dtype=np.int64)
         rows = self.embeddings[idx].astype(np.float32)
-        return rows * self.embeddings_scale[idx, None] if self.embeddings_scale is not None else rows
+        if self.embeddings_scale is None:
+            return rows
+        if self.embeddings_zero_point:
+            rows -= self.embeddings_zero_point
+        T, d = rows.shape
+        G = self.embeddings_scale.shape[1]
+        return (rows.reshape(T, G, d // G) * self.embeddings_scale[idx][:, :, None]).reshape(T, d)
 
     def forward(self, embeds: np.ndarray, state: State) -> tuple[np.ndarray, State]:
         """Run ``embeds [T, d]`` after ``state``; return the last position's logits ``[V]`` and the new state."""
