@@ -182,7 +182,7 @@ def test_fp32_gate_fails_a_wrong_export(tmp_path, tiny_tied_dir, tiny_bank, monk
     import edgeprompt.export.onnx.quant as Q
 
     real = Q.quantize
-    monkeypatch.setattr(Q, "quantize", lambda src, dst, quant, exclude=None: real(src, dst, "int4"))
+    monkeypatch.setattr(Q, "quantize", lambda src, dst, quant, exclude=None, accuracy_level=4: real(src, dst, "int4"))
     from edgeprompt.export.writer import ExportConfig, export_bundle
 
     with pytest.raises(EdgePromptError, match="differ from the torch reference by more than 0.001"):
