@@ -114,6 +114,7 @@ def _load_data(args, spec=None):
 def cmd_train(args) -> int:
     from edgeprompt.core.bank import PromptBank
     from edgeprompt.core.methods import all_methods, config_from_dict, get_method
+    from edgeprompt.train.batching import sequence_lengths
     from edgeprompt.train.loop import TrainConfig, adapt_to_data, label_counts, resolved
     from edgeprompt.train.models import FrozenLM
     from edgeprompt.train.workflows import format_reports, train_task
@@ -145,11 +146,10 @@ def cmd_train(args) -> int:
         raise EdgePromptError(f"{flags} do not apply to --method {spec_m.name}" + (f"; they are options of {', '.join(owners)}." if owners else "."))
     mcfg.update(given)
     method_config = config_from_dict(spec_m.config_cls, mcfg)
-    given = {k: getattr(args, k) for k in ("steps", "eval_every", "warmup_steps") if getattr(args, k) is not None}
+    given = {k: getattr(args, k) for k in ("steps", "eval_every", "warmup_steps", "max_length") if getattr(args, k) is not None}
     tcfg = TrainConfig(
         batch_size=args.batch_size,
         lr=args.lr,
-        max_length=args.max_length,
         checkpoint_every=args.checkpoint_every,
         seed=args.seed,
         balance=args.balance,
@@ -161,7 +161,9 @@ def cmd_train(args) -> int:
     data, load_args = _load_data(args)
     name = args.name or f"{data.name}-{spec_m.name.split('_')[0]}"
     print(f"data: {data.name}: {len(data.train)} train / {len(data.dev)} dev / {len(data.test)} test", file=sys.stderr)
-    tcfg, notes = adapt_to_data(tcfg, len(data.train), set(given))
+    lm = FrozenLM.load(args.model)
+    print(f"model: {lm.info.name} (fingerprint {lm.info.fingerprint[:16]})", file=sys.stderr)
+    tcfg, notes = adapt_to_data(tcfg, len(data.train), set(given), sequence_lengths(lm, data.spec, data.train))
     balance, select = resolved(tcfg, data)
     if data.spec.kind == TaskKind.CLASSIFICATION:
         counts = label_counts(data)
@@ -170,8 +172,6 @@ def cmd_train(args) -> int:
         )
     for note in notes:
         print(f"  {note}", file=sys.stderr)
-    lm = FrozenLM.load(args.model)
-    print(f"model: {lm.info.name} (fingerprint {lm.info.fingerprint[:16]})", file=sys.stderr)
     against = None
     if args.against:
         from edgeprompt.export.gguf.against import load_against
@@ -604,8 +604,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--max-length",
         type=int,
-        default=96,
-        help="training only: longest input + label in tokens (text is cut to fit, for speed); eval and runtimes take texts whole",
+        help="training only: longest input + label in tokens, longer texts are cut to fit (default 96, raised to the "
+        "longest training example up to 512 when some are longer, and said at the start); eval and runtimes take texts whole",
     )
     t.add_argument("--eval-every", type=int, help="dev evaluation every N steps (default 100, or 5 in a short run); the best dev state is kept")
     t.add_argument(

@@ -19,7 +19,7 @@ from edgeprompt.core.metrics import classification_report
 from edgeprompt.core.parity import Probe, compare
 from edgeprompt.core.tasks import Calibration
 
-from .conftest import make_sentences
+from .conftest import make_sentences, run_cli
 
 
 def test_calibration_divides_out_the_prior():
@@ -135,6 +135,52 @@ def test_reports_show_precision_recall_and_warn_when_a_label_is_never_predicted(
     text = rep.format()
     assert "WARNING: never predicted: c" in text and "precision" in text
     assert rep.to_dict()["never_predicted"] == ["c"]
+
+
+def test_max_length_rises_to_the_longest_training_example_and_says_so():
+    """Drug reviews: 64% of the training inputs are longer than the default 96 tokens; training on their first 96
+    tokens while eval reads them whole cost accuracy. The cut rises to the longest (capped), unless given."""
+    from edgeprompt.train.loop import MAX_ADAPTED_LENGTH, TrainConfig, adapt_to_data
+
+    cfg, notes = adapt_to_data(TrainConfig(), n_train=10_000, lengths=[40, 97, 180, 120])
+    assert cfg.max_length == 180 and any("max length 180 (not 96): 3 of 4" in n for n in notes)
+    cfg, notes = adapt_to_data(TrainConfig(), n_train=10_000, lengths=[40, 96, 60])
+    assert cfg.max_length == 96 and not notes  # nothing cut: unchanged
+    cfg, notes = adapt_to_data(TrainConfig(), n_train=10_000, lengths=[40, 2 * MAX_ADAPTED_LENGTH])
+    assert cfg.max_length == MAX_ADAPTED_LENGTH and any("1 still longer" in n for n in notes)
+    cfg, notes = adapt_to_data(TrainConfig(max_length=64), n_train=10_000, given={"max_length"}, lengths=[40, 180])
+    assert cfg.max_length == 64 and not notes  # the user's --max-length holds
+
+
+def test_train_raises_max_length_for_long_texts_and_says_so(tiny_model_dir, tmp_path, env):
+    from edgeprompt.core.bank import PromptBank
+    from edgeprompt.core.constants import TaskKeys
+
+    path = tmp_path / "long.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        w.writerows((text + " and more" * (20 + i % 40), lab) for i, (text, lab) in enumerate(make_sentences(60)))
+    bank = tmp_path / "bank"
+    args = ["train", "--model", str(tiny_model_dir), "--bank", str(bank), "--data", str(path), "--steps", "2", "-P", "2", "--quiet", "--no-test"]
+    r = run_cli([*args, "--name", "auto"], env)
+    assert "max length" in r.stderr and "(not 96)" in r.stderr, r.stderr
+    got = PromptBank(bank).task("auto").manifest[TaskKeys.TRAINING]["train_config"]["max_length"]
+    assert got > 96 and f"max length {got} (not 96)" in r.stderr
+    r = run_cli([*args, "--name", "given", "--max-length", "64"], env)
+    assert "max length" not in r.stderr and PromptBank(bank).task("given").manifest[TaskKeys.TRAINING]["train_config"]["max_length"] == 64
+
+
+def test_sequence_lengths_are_what_training_encodes_uncut(tiny_lm):
+    from edgeprompt.core.tasks import TaskSpec
+    from edgeprompt.train.batching import Encoder, sequence_lengths
+
+    spec = TaskSpec(template="Review: {text}\nSentiment:", labels=["negative", "positive"])
+    examples = [Example(" ".join(["word"] * n), "positive") for n in (1, 30, 200)]
+    got = sequence_lengths(tiny_lm, spec, examples)
+    enc = Encoder(tiny_lm, spec, max_length=max(got))  # a cut at the longest: nothing is lost
+    assert got == [len(enc.example(ex).ids) for ex in examples]
+    assert got[2] > 200  # the long one is whole
 
 
 def test_train_task_measures_calibration_on_dev_and_records_the_choice(tmp_path, tiny_lm):

@@ -71,6 +71,16 @@ class Encoder:
         return Encoded(tuple(inp) + tuple(tgt), len(inp))
 
 
+def sequence_lengths(lm: FrozenLM, spec: TaskSpec, examples: list[Example]) -> list[int]:
+    """Tokens of each example as training would see it uncut: the templated input and its target (for a
+    classification, the longest verbalizer: each is scored at the same place)."""
+    enc = Encoder(lm, spec, None)
+    if spec.kind == TaskKind.CLASSIFICATION:
+        label = max(len(v) for v in enc.verbalizer_ids)
+        return [len(enc.input_ids(ex.text)) + label for ex in examples]
+    return [len(enc.input_ids(ex.text)) + len(enc.target_ids(ex)) for ex in examples]
+
+
 def collate(encs: list[Encoded], pad_id: int) -> Batch:
     T = max(len(e.ids) for e in encs)
     ids = torch.full((len(encs), T), pad_id, dtype=torch.long)

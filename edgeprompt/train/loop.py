@@ -12,6 +12,7 @@ import math
 import signal
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -113,10 +114,16 @@ def resolved(config: TrainConfig, data: Dataset) -> tuple[str, str]:
     return (balance if classification else "none"), (select if classification else "nll")
 
 
-def adapt_to_data(config: TrainConfig, n_train: int, given: set[str] = frozenset()) -> tuple[TrainConfig, list[str]]:
+def adapt_to_data(config: TrainConfig, n_train: int, given: set[str] = frozenset(), lengths: Sequence[int] | None = None) -> tuple[TrainConfig, list[str]]:
     """Small data: steps, eval cadence and warm-up adapt to the training split's size, each said in a note;
     a setting in ``given`` (the user's) is kept. At most :data:`MAX_EPOCHS` passes over the data (more overfits a
-    few hundred rows), at least :data:`MIN_STEPS`; the dev split is scored about :data:`EVALS` times."""
+    few hundred rows), at least :data:`MIN_STEPS`; the dev split is scored about :data:`EVALS` times.
+
+    ``lengths``: each training example's tokens, input and label (:func:`~edgeprompt.train.batching.sequence_lengths`).
+    When some are longer than ``max_length``, it rises to the longest (at most :data:`MAX_ADAPTED_LENGTH`):
+    training would otherwise learn from cut texts that eval and the runtimes take whole. A batch pads only to its
+    own longest row, so short data pays nothing for it.
+    """
     notes, changes = [], {}
     bs = config.batch_size
     if "steps" not in given:
@@ -132,10 +139,23 @@ def adapt_to_data(config: TrainConfig, n_train: int, given: set[str] = frozenset
             notes.append(f"dev evaluation every {every} steps ({EVALS} in {steps}); --eval-every overrides")
     if "warmup_steps" not in given and "steps" in changes and config.warmup_steps > steps // 10:
         changes["warmup_steps"] = max(1, steps // 10)
+    if lengths and "max_length" not in given:
+        cut = sum(n > config.max_length for n in lengths)
+        if cut:
+            new = min(max(lengths), MAX_ADAPTED_LENGTH)
+            still = sum(n > new for n in lengths)
+            changes["max_length"] = new
+            notes.append(
+                f"max length {new} (not {config.max_length}): {cut} of {len(lengths)} training examples are longer than {config.max_length} tokens "
+                + (f"({still} still longer than {new}, cut) " if still else "")
+                + "and eval takes texts whole; --max-length overrides"
+            )
     return (replace(config, **changes) if changes else config), notes
 
 
 MAX_EPOCHS = 10
+#: :func:`adapt_to_data` raises ``max_length`` to the longest training example, up to this many tokens.
+MAX_ADAPTED_LENGTH = 512
 MIN_STEPS = 30
 EVALS = 5
 
