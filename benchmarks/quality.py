@@ -163,6 +163,7 @@ def run_one(lm, lm_dir: str, name: str, method: str, seed: int, variant: str, wo
         "test": summary["test"],
         "zero_shot": summary["zero_shot_test"],
         "zero_shot_calibrated": summary.get("zero_shot_calibrated_test"),
+        "zero_shot_calibration": summary.get("zero_shot_calibration"),
         "majority": majority(data),
         "training": {k: task.manifest["training"].get(k) for k in ("balance", "select", "calibration", "label_counts", "best_step")},
     }

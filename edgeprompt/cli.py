@@ -616,9 +616,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument(
         "--calibration",
-        choices=["auto", "on", "off"],
+        choices=["auto", "content_free", "train_prior", "on", "off"],
         default="auto",
-        help="content-free label-prior correction, stored in the task and applied everywhere (auto: kept when dev does not drop)",
+        help="label-prior correction, stored in the task and applied everywhere: content_free (the prompt's answer to "
+        "texts that say nothing; 'on' is this), train_prior (its mean answer on the training texts against their label "
+        "frequencies), auto (whichever scores best on dev, or none when neither helps), off",
     )
     t.add_argument("--checkpoint-every", type=int, default=50)
     t.add_argument("--seed", type=int, default=0)

@@ -198,7 +198,8 @@ def test_train_task_measures_calibration_on_dev_and_records_the_choice(tmp_path,
     )
     m = task.manifest
     rec = m[TaskKeys.TRAINING]["calibration"]
-    assert rec["kept"] and set(rec["prior"]) == {"negative", "positive"} and "dev_with" in rec and "dev_without" in rec
+    assert rec["kept"] == "content_free" and set(rec["candidates"]) == {"content_free"} and "dev_without" in rec  # on: content_free only
+    assert set(rec["candidates"]["content_free"]["prior"]) == {"negative", "positive"} and rec["candidates"]["content_free"]["dev"]["n"] == 12
     assert m[TaskKeys.TRAINING]["balance"] == "weights" and m[TaskKeys.TRAINING]["select"] == "macro_f1"
     assert task.spec.calibration is not None and m[TaskKeys.METRICS]["zero_shot_calibrated_test"]["n"] == 12
     assert "zero-shot, calibrated" in format_reports(task.spec, summary["reports"])
@@ -240,3 +241,56 @@ def test_stratified_splits_keep_each_label_share_and_legacy_tasks_keep_their_spl
     want = load_file(tmp_path / "s.csv", spec=Legacy.spec, dev=10, test=10, stratify=False)
     assert (got.train, got.dev, got.test) == (want.train, want.dev, want.test)
     assert load_file(tmp_path / "s.csv", spec=Legacy.spec, dev=10, test=10).test != want.test  # the new default differs
+
+
+def test_train_prior_calibration_matches_the_prompt_mean_answer_to_the_label_frequencies(tmp_path, tiny_lm):
+    """The stored log_prior against the formula on the scorer's label probabilities, and the decision that eval
+    takes with it against p(k|x) * q(k) / m(k) computed by hand."""
+    from edgeprompt.core.constants import CalibrationMethod
+    from edgeprompt.train.batching import Encoder
+    from edgeprompt.train.forward import prefix_length
+    from edgeprompt.train.scoring import evaluate, instruction_kv, label_logprobs, train_prior_calibration
+
+    data = load_file(_skewed_csv(tmp_path / "skew.csv"), dev=12, test=12)
+    kv, spec = instruction_kv(tiny_lm, data.spec), data.spec
+    cal = train_prior_calibration(tiny_lm, kv, spec, data.train)
+    assert cal.method == CalibrationMethod.TRAIN_PRIOR.value and cal.inputs == []
+    enc = Encoder(tiny_lm, spec, None, prefix_len=prefix_length(kv))
+
+    def probs(examples):
+        p = np.exp(label_logprobs(tiny_lm, kv, enc, examples))
+        return p / p.sum(1, keepdims=True)
+
+    q = np.array([sum(e.label == lab for e in data.train) + 1.0 for lab in spec.labels])  # add-one smoothed counts
+    m = probs(data.train).mean(0)
+    want = m / (q / q.sum())
+    np.testing.assert_allclose(np.exp(cal.log_prior), want / want.sum(), rtol=1e-9)  # float64 both ways
+    pred = (probs(data.test) * q / m).argmax(1)
+    gold = np.array([spec.labels.index(e.label) for e in data.test])
+    want_confusion = [[int(((gold == g) & (pred == k)).sum()) for k in range(len(spec.labels))] for g in range(len(spec.labels))]
+    assert evaluate(tiny_lm, kv, replace(spec, calibration=cal), data.test).confusion == want_confusion
+    roundtrip = Calibration.from_dict(json.loads(json.dumps(cal.to_dict())))
+    assert roundtrip.method == "train_prior" and roundtrip.inputs == [] and roundtrip.log_prior == pytest.approx(cal.log_prior, abs=1e-6)
+
+
+def test_auto_calibration_keeps_the_best_on_dev_or_none(tiny_lm, tmp_path):
+    from edgeprompt.train.loop import dev_score
+    from edgeprompt.train.scoring import evaluate, instruction_kv
+    from edgeprompt.train.workflows import choose_calibration
+
+    data = load_file(_skewed_csv(tmp_path / "skew.csv"), dev=12, test=12)
+    kv = instruction_kv(tiny_lm, data.spec)
+    spec, rec = choose_calibration(tiny_lm, kv, data.spec, data.dev, "accuracy", "auto", data.train)
+    assert set(rec["candidates"]) == {"content_free", "train_prior"}
+    scores = {m: c["dev"]["accuracy"] for m, c in rec["candidates"].items()}
+    raw = rec["dev_without"]["accuracy"]  # dev accuracies of 12 examples: multiples of 1/12, rounded alike
+    assert raw == pytest.approx(dev_score(evaluate(tiny_lm, kv, data.spec, data.dev), "accuracy"), abs=1e-4)
+    best = max(scores, key=scores.get)  # the first of equals, as choose_calibration takes it
+    if scores[best] >= raw:
+        assert rec["kept"] == best and spec.calibration.method == best
+    else:
+        assert rec["kept"] is None and spec.calibration is None
+    spec, rec = choose_calibration(tiny_lm, kv, data.spec, data.dev, "accuracy", "auto")  # no training rows: content-free only
+    assert set(rec["candidates"]) == {"content_free"}
+    spec, rec = choose_calibration(tiny_lm, kv, data.spec, data.dev, "accuracy", "train_prior", data.train)
+    assert rec["kept"] == "train_prior" and spec.calibration.method == "train_prior"

@@ -104,6 +104,14 @@ class TaskKeys:
     CALIBRATION = "calibration"  # {"method", "inputs", "log_prior": [per label]}: core.tasks.Calibration
 
 
+class CalibrationMethod(str, Enum):
+    """How a task's label-prior correction was estimated (``core.tasks.Calibration.method``); every runtime applies
+    any of them the same way (its ``log_prior``)."""
+
+    CONTENT_FREE = "content_free"  # the prompt's answers on content-free inputs (Zhao et al., 2021)
+    TRAIN_PRIOR = "train_prior"  # its mean answer on the training texts against their label frequencies
+
+
 class OnnxNames:
     """Input and output names of the exported ONNX decoder (see ``export/onnx_decoder.py``)."""
 

@@ -44,9 +44,11 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
 class Calibration:
     """A label-prior correction, applied the same way by eval, the parity gate and every runtime.
 
-    ``log_prior[k]``: log of the model's mean probability of label ``k`` (normalised over the labels) on the
-    content-free ``inputs``. A decision uses ``log_softmax(scores) - log_prior`` over the labels: a label the
-    prompt favours whatever the text loses that favour ("Calibrate Before Use", Zhao et al., 2021).
+    A decision uses ``log_softmax(scores) - log_prior`` over the labels. ``method`` says where ``log_prior`` came
+    from (:class:`~edgeprompt.core.constants.CalibrationMethod`): ``content_free``, the log of the model's mean
+    probability of each label on the content-free ``inputs``, so a label the prompt favours whatever the text
+    loses that favour ("Calibrate Before Use", Zhao et al., 2021); ``train_prior``, its mean answer on the
+    training texts over their label frequencies (``inputs`` empty).
     """
 
     log_prior: list[float]

@@ -52,7 +52,7 @@ class TrainConfig:
     seed: int = 0
     balance: str = "auto"  # class weights in the loss: auto (when the labels are skewed), weights, none
     select: str = "auto"  # the dev metric that picks the kept state: auto (macro-F1 when skewed), accuracy, macro_f1
-    calibration: str = "auto"  # content-free label prior: auto (kept when dev improves), on, off
+    calibration: str = "auto"  # label-prior correction: auto (the best on dev, or none), content_free, train_prior, on, off
 
     def __post_init__(self):
         for name, allowed in (("balance", BALANCE), ("select", SELECT), ("calibration", CALIBRATION)):
@@ -78,7 +78,7 @@ class TrainConfig:
 
 BALANCE = ("auto", "weights", "none")
 SELECT = ("auto", "accuracy", "macro_f1")
-CALIBRATION = ("auto", "on", "off")
+CALIBRATION = ("auto", "content_free", "train_prior", "on", "off")  # on: content_free (the first one)
 #: Labels are *skewed* when the most frequent is this many times the least frequent in the training split: then
 #: ``auto`` weighs the loss by class and picks the kept state by dev macro-F1 (accuracy rewards the majority).
 SKEW_RATIO = 1.5

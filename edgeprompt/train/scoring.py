@@ -6,8 +6,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edgeprompt.core.constants import TaskKind
+from edgeprompt.core.constants import CalibrationMethod, TaskKind
 from edgeprompt.core.data import Example
+from edgeprompt.core.errors import EdgePromptError
 from edgeprompt.core.metrics import classification_report
 from edgeprompt.core.tasks import CONTENT_FREE_INPUTS, Calibration, TaskSpec
 from edgeprompt.train.batching import Encoder, collate
@@ -72,6 +73,31 @@ def content_free_calibration(lm: FrozenLM, kv: KV | None, spec: TaskSpec) -> Cal
     lp = label_logprobs(lm, kv, enc, examples)
     probs = np.exp(lp - lp.max(1, keepdims=True))
     return Calibration.from_probabilities(probs / probs.sum(1, keepdims=True))
+
+
+#: :func:`train_prior_calibration` scores at most this many training examples (the split is shuffled).
+TRAIN_PRIOR_EXAMPLES = 1000
+
+
+@torch.no_grad()
+def train_prior_calibration(lm: FrozenLM, kv: KV | None, spec: TaskSpec, train: list[Example]) -> Calibration:
+    """Prior matching on the training labels: the decision ``p(k | x) * q(k) / m(k)`` carries the training split's
+    label frequencies ``q`` (add-one smoothed) in place of the prompt's mean answer ``m`` on those texts. A prompt
+    trained with class weights answers as if the labels were balanced (``m`` near uniform); this gives the
+    majority back its share, for accuracy, while each label keeps what its texts earn (Saerens et al., 2002, one
+    step). Stored as ``log_prior = log(m / q)``, so every runtime applies it as it applies the content-free prior.
+    """
+    rows = train[:TRAIN_PRIOR_EXAMPLES]
+    if not rows:
+        raise EdgePromptError("the train_prior calibration needs training examples; use --calibration content_free or off.")
+    enc = Encoder(lm, spec, None, prefix_len=prefix_length(kv))
+    lp = label_logprobs(lm, kv, enc, rows)
+    probs = np.exp(lp - lp.max(1, keepdims=True))
+    mean = (probs / probs.sum(1, keepdims=True)).mean(0)
+    counts = np.bincount([spec.labels.index(ex.label) for ex in rows], minlength=len(spec.labels)) + 1.0
+    ratio = np.clip(mean, 1e-12, None) / (counts / counts.sum())
+    log_prior = np.log(ratio) - np.log(ratio.sum())
+    return Calibration([float(x) for x in log_prior], CalibrationMethod.TRAIN_PRIOR.value, [])
 
 
 @torch.no_grad()

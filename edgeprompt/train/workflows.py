@@ -11,16 +11,16 @@ import numpy as np
 import torch
 
 from edgeprompt.core.bank import BankTask, PromptBank, check_task_name
-from edgeprompt.core.constants import TaskKeys, TaskKind
+from edgeprompt.core.constants import CalibrationMethod, TaskKeys, TaskKind
 from edgeprompt.core.data import Dataset, Example
 from edgeprompt.core.errors import EdgePromptError
 from edgeprompt.core.files import recover_directory
 from edgeprompt.core.methods import get_method
 from edgeprompt.core.metrics import report_dict
-from edgeprompt.core.tasks import INPUT_RULE, TaskSpec
+from edgeprompt.core.tasks import INPUT_RULE, Calibration, TaskSpec
 from edgeprompt.train.loop import TrainConfig, dev_score, label_counts, resolved, train
 from edgeprompt.train.models import FrozenLM
-from edgeprompt.train.scoring import content_free_calibration, evaluate, instruction_kv
+from edgeprompt.train.scoring import content_free_calibration, evaluate, instruction_kv, train_prior_calibration
 
 CHECKPOINTS_DIR = ".checkpoints"
 
@@ -60,7 +60,7 @@ def train_task(
     spec, calibration = data.spec, None
     if spec.kind == TaskKind.CLASSIFICATION and config.calibration != "off":
         with torch.no_grad():
-            spec, calibration = choose_calibration(lm, result.module.kv(lm), spec, data.dev[: config.eval_examples], select, config.calibration)
+            spec, calibration = choose_calibration(lm, result.module.kv(lm), spec, data.dev[: config.eval_examples], select, config.calibration, data.train)
     training = {
         "method_config": method_config.to_dict(),
         "train_config": {**asdict(config), "lr": result.lr},
@@ -83,28 +83,53 @@ def train_task(
     shutil.rmtree(ckpt, ignore_errors=True)
     summary: dict[str, Any] = {"task": name, "method": spec_m.name, "wall_time_s": training["wall_time_s"], "dev": result.best_dev}
     if evaluate_test and data.test:
-        rep = evaluate_task(lm, task, data.test)
+        rep = evaluate_task(lm, task, data.test, train=data.train)
         metrics["test"], metrics["zero_shot_test"], metrics["zero_shot_calibrated_test"] = rep["task"], rep["zero_shot"], rep["zero_shot_calibrated"]
+        metrics["zero_shot_calibration"] = rep["zero_shot_calibration"]
         task = bank.update_manifest(name, **{TaskKeys.METRICS: metrics})
-        summary.update(test=rep["task"], zero_shot_test=rep["zero_shot"], zero_shot_calibrated_test=rep["zero_shot_calibrated"], reports=rep["reports"])
+        summary.update(
+            test=rep["task"],
+            zero_shot_test=rep["zero_shot"],
+            zero_shot_calibrated_test=rep["zero_shot_calibrated"],
+            zero_shot_calibration=rep["zero_shot_calibration"],
+            reports=rep["reports"],
+        )
     return task, summary
 
 
-def choose_calibration(lm: FrozenLM, kv, spec: TaskSpec, dev: list[Example], select: str, mode: str) -> tuple[TaskSpec, dict]:
-    """The content-free calibration of a trained prompt, and whether it is kept: ``on``, or ``auto`` when it
-    does not lower the dev score (``select``: accuracy or macro-F1) and dev has examples. Returns the spec to
-    store and the record of the choice (both dev scores)."""
-    cal = content_free_calibration(lm, kv, spec)
-    rec: dict[str, Any] = {"prior": dict(zip(spec.labels, [round(float(np.exp(x)), 4) for x in cal.log_prior])), "select": select}
-    keep = mode == "on"
+def choose_calibration(lm: FrozenLM, kv, spec: TaskSpec, dev: list[Example], select: str, mode: str, train: list[Example] = ()) -> tuple[TaskSpec, dict]:
+    """The label-prior correction of a trained prompt (:class:`~edgeprompt.core.constants.CalibrationMethod`).
+
+    ``mode``: a method name (``on`` is ``content_free``) keeps that correction; ``auto`` measures each one the
+    data allows (``train_prior`` needs ``train``) and none on dev, and keeps the best dev score (``select``:
+    accuracy or macro-F1), a correction over none on a tie, as before. Without dev examples ``auto`` keeps none.
+    Returns the spec to store and the record of the choice: each candidate's prior and dev report, and ``kept``
+    (the method, or None).
+    """
+    wanted = [CalibrationMethod.CONTENT_FREE.value if mode == "on" else mode] if mode != "auto" else [m.value for m in CalibrationMethod]
+    candidates: dict[str, Calibration] = {}
+    for method in wanted:
+        if method == CalibrationMethod.CONTENT_FREE.value:
+            candidates[method] = content_free_calibration(lm, kv, spec)
+        elif method == CalibrationMethod.TRAIN_PRIOR.value and (train or mode != "auto"):
+            candidates[method] = train_prior_calibration(lm, kv, spec, list(train))
+    rec: dict[str, Any] = {
+        "select": select,
+        "candidates": {m: {"prior": dict(zip(spec.labels, [round(float(np.exp(x)), 4) for x in c.log_prior]))} for m, c in candidates.items()},
+    }
+    kept = None if mode == "auto" else next(iter(candidates))
     if dev:
-        raw = evaluate(lm, kv, spec, dev)
-        calibrated = evaluate(lm, kv, replace(spec, calibration=cal), dev)
-        rec["dev_without"], rec["dev_with"] = report_dict(raw), report_dict(calibrated)
-        if mode == "auto":
-            keep = dev_score(calibrated, select) >= dev_score(raw, select)
-    rec["kept"] = keep
-    return (replace(spec, calibration=cal) if keep else spec), rec
+        scores = {}
+        rec["dev_without"] = report_dict(raw := evaluate(lm, kv, spec, dev))
+        for method, cal in candidates.items():
+            rep = evaluate(lm, kv, replace(spec, calibration=cal), dev)
+            rec["candidates"][method]["dev"] = report_dict(rep)
+            scores[method] = dev_score(rep, select)
+        if mode == "auto" and scores:
+            best = max(scores, key=lambda m: scores[m])  # the first of equals: candidates are in a fixed order
+            kept = best if scores[best] >= dev_score(raw, select) else None
+    rec["kept"] = kept
+    return (replace(spec, calibration=candidates[kept]) if kept else spec), rec
 
 
 def task_kv(lm: FrozenLM, task: BankTask):
@@ -117,11 +142,15 @@ def task_kv(lm: FrozenLM, task: BankTask):
         return spec_m.trainer().kv_from_folded(lm, tensors)
 
 
-def evaluate_task(lm: FrozenLM, task: BankTask, examples: list[Example], max_length: int | None = None, baseline: bool = True) -> dict:
+def evaluate_task(
+    lm: FrozenLM, task: BankTask, examples: list[Example], max_length: int | None = None, baseline: bool = True, train: list[Example] = ()
+) -> dict:
     """Metrics of the folded task and, beside them, of the zero-shot baseline (instruction, no soft prompt).
 
     ``max_length=None`` (the default) scores each text as the runtimes do: whole, cut only to fit the
     model's context (:func:`edgeprompt.core.tasks.input_ids`), so what eval reports is what a device does.
+    The baseline is also scored calibrated by the task's method (its own prior): ``train_prior`` when the task
+    has it and ``train`` is given, else ``content_free``; ``zero_shot_calibration`` says which.
     """
     if not examples:
         raise EdgePromptError("no examples to evaluate.")
@@ -134,11 +163,16 @@ def evaluate_task(lm: FrozenLM, task: BankTask, examples: list[Example], max_len
             base_kv, base_spec = instruction_kv(lm, spec), replace(spec, calibration=None)
             zs = evaluate(lm, base_kv, base_spec, examples, max_length)
             if spec.kind == TaskKind.CLASSIFICATION:
-                zsc = evaluate(lm, base_kv, replace(base_spec, calibration=content_free_calibration(lm, base_kv, base_spec)), examples, max_length)
+                if train and spec.calibration is not None and spec.calibration.method == CalibrationMethod.TRAIN_PRIOR.value:
+                    zcal = train_prior_calibration(lm, base_kv, base_spec, list(train))
+                else:
+                    zcal = content_free_calibration(lm, base_kv, base_spec)
+                zsc = evaluate(lm, base_kv, replace(base_spec, calibration=zcal), examples, max_length)
     return {
         "task": report_dict(rep),
         "zero_shot": report_dict(zs),
         "zero_shot_calibrated": report_dict(zsc),
+        "zero_shot_calibration": zcal.method if zsc is not None else None,
         "reports": (rep, zs, zsc),
         "eval_s": round(time.perf_counter() - t0, 1),
     }
@@ -147,7 +181,7 @@ def evaluate_task(lm: FrozenLM, task: BankTask, examples: list[Example], max_len
 def format_reports(spec: TaskSpec, reports: tuple) -> str:
     rep, zs, zsc = (tuple(reports) + (None,))[:3]
     if spec.kind == TaskKind.CLASSIFICATION:
-        cal = " (calibrated)" if spec.calibration is not None else ""
+        cal = f" (calibrated: {spec.calibration.method})" if spec.calibration is not None else ""
         out = rep.format(f"soft prompt{cal}: ")
         if zs is not None:
             out += "\n" + zs.format("zero-shot: ")
