@@ -196,7 +196,7 @@ def cmd_train(args) -> int:
     print(f"saved task {name!r} ({spec_m.name}, P={task.num_virtual_tokens}) to bank {bank.root} after {summary['wall_time_s']:.0f} s of training")
     if "reports" in summary:
         print(f"test split of {data.name}:")
-        print(format_reports(task.spec, summary["reports"]))
+        print(format_reports(task.spec, summary["reports"], summary.get("zero_shot_calibration")))
     return 0
 
 
@@ -216,12 +216,14 @@ def cmd_eval(args) -> int:
         raise EdgePromptError(f"--limit {args.limit}: give 1 or more.")
     examples = getattr(data, args.split)[: args.limit] if args.limit else getattr(data, args.split)
     lm = FrozenLM.load(args.model)
-    rep = evaluate_task(lm, task, examples, max_length=args.max_length, baseline=not args.no_baseline)
+    rep = evaluate_task(lm, task, examples, max_length=args.max_length, baseline=not args.no_baseline, train=data.train)
     if args.json:
-        print(json.dumps({"task": args.task, "split": args.split, "metrics": rep["task"], "zero_shot": rep["zero_shot"]}, indent=2))
+        out = {"task": args.task, "split": args.split, "metrics": rep["task"], "zero_shot": rep["zero_shot"]}
+        out.update(zero_shot_calibrated=rep["zero_shot_calibrated"], zero_shot_calibration=rep["zero_shot_calibration"])
+        print(json.dumps(out, indent=2))
     else:
         print(f"task {args.task!r} on the {args.split} split of {data.name} ({len(examples)} examples):")
-        print(format_reports(task.spec, rep["reports"]))
+        print(format_reports(task.spec, rep["reports"], rep["zero_shot_calibration"]))
     return 0
 
 
@@ -620,7 +622,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="label-prior correction, stored in the task and applied everywhere: content_free (the prompt's answer to "
         "texts that say nothing; 'on' is this), train_prior (its mean answer on the training texts against their label "
-        "frequencies), auto (whichever scores best on dev, or none when neither helps), off",
+        "frequencies), auto (whichever scores best on dev, kept over none on a tie; none without dev examples), off",
     )
     t.add_argument("--checkpoint-every", type=int, default=50)
     t.add_argument("--seed", type=int, default=0)

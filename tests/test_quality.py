@@ -150,6 +150,8 @@ def test_max_length_rises_to_the_longest_training_example_and_says_so():
     assert cfg.max_length == MAX_ADAPTED_LENGTH and any("1 still longer" in n for n in notes)
     cfg, notes = adapt_to_data(TrainConfig(max_length=64), n_train=10_000, given={"max_length"}, lengths=[40, 180])
     assert cfg.max_length == 64 and not notes  # the user's --max-length holds
+    cfg, notes = adapt_to_data(TrainConfig(max_length=1024), n_train=10_000, lengths=[40, 2000])
+    assert cfg.max_length == 1024 and not notes  # never below the setting, whatever the cap
 
 
 def test_train_raises_max_length_for_long_texts_and_says_so(tiny_model_dir, tmp_path, env):
@@ -181,6 +183,12 @@ def test_sequence_lengths_are_what_training_encodes_uncut(tiny_lm):
     enc = Encoder(tiny_lm, spec, max_length=max(got))  # a cut at the longest: nothing is lost
     assert got == [len(enc.example(ex).ids) for ex in examples]
     assert got[2] > 200  # the long one is whole
+    gen = TaskSpec(kind="generation", template="Q: {text}\nA:")
+    examples = [Example(" ".join(["word"] * n), " ".join(["answer"] * t)) for n, t in ((3, 20), (100, 2), (60, 20))]  # all within the tiny context (512)
+    for ex, L in zip(examples, sequence_lengths(tiny_lm, gen, examples)):
+        whole = len(Encoder(tiny_lm, gen, max_length=None).example(ex).ids)
+        assert len(Encoder(tiny_lm, gen, max_length=L).example(ex).ids) == whole  # kept whole at L
+        assert len(Encoder(tiny_lm, gen, max_length=L - 1).example(ex).ids) < whole  # and L is the least such
 
 
 def test_train_task_measures_calibration_on_dev_and_records_the_choice(tmp_path, tiny_lm):
@@ -199,7 +207,7 @@ def test_train_task_measures_calibration_on_dev_and_records_the_choice(tmp_path,
     m = task.manifest
     rec = m[TaskKeys.TRAINING]["calibration"]
     assert rec["kept"] == "content_free" and set(rec["candidates"]) == {"content_free"} and "dev_without" in rec  # on: content_free only
-    assert set(rec["candidates"]["content_free"]["prior"]) == {"negative", "positive"} and rec["candidates"]["content_free"]["dev"]["n"] == 12
+    assert set(rec["candidates"]["content_free"]["divided_out"]) == {"negative", "positive"} and rec["candidates"]["content_free"]["dev"]["n"] == 12
     assert m[TaskKeys.TRAINING]["balance"] == "weights" and m[TaskKeys.TRAINING]["select"] == "macro_f1"
     assert task.spec.calibration is not None and m[TaskKeys.METRICS]["zero_shot_calibrated_test"]["n"] == 12
     assert "zero-shot, calibrated" in format_reports(task.spec, summary["reports"])

@@ -72,13 +72,22 @@ class Encoder:
 
 
 def sequence_lengths(lm: FrozenLM, spec: TaskSpec, examples: list[Example]) -> list[int]:
-    """Tokens of each example as training would see it uncut: the templated input and its target (for a
-    classification, the longest verbalizer: each is scored at the same place)."""
+    """The ``max_length`` at which training keeps each example whole: its templated input and, for a
+    classification, the longest verbalizer (each is scored at the same place). A generation example's budget
+    reserves a quarter of ``max_length`` for the target (:class:`Encoder`), so its figure is the least
+    ``L`` with ``L - L // 4`` covering the input and ``L // 4`` the target and its EOS."""
     enc = Encoder(lm, spec, None)
     if spec.kind == TaskKind.CLASSIFICATION:
         label = max(len(v) for v in enc.verbalizer_ids)
         return [len(enc.input_ids(ex.text)) + label for ex in examples]
-    return [len(enc.input_ids(ex.text)) + len(enc.target_ids(ex)) for ex in examples]
+    out = []
+    for ex in examples:
+        n_in, n_tgt = len(enc.input_ids(ex.text)), len(enc.encode(ex.label)) + 1
+        L = max(n_in + n_tgt, 4 * n_tgt)
+        while L - L // 4 < n_in:
+            L += 1
+        out.append(L)
+    return out
 
 
 def collate(encs: list[Encoded], pad_id: int) -> Batch:

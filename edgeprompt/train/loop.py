@@ -141,8 +141,8 @@ def adapt_to_data(config: TrainConfig, n_train: int, given: set[str] = frozenset
         changes["warmup_steps"] = max(1, steps // 10)
     if lengths and "max_length" not in given:
         cut = sum(n > config.max_length for n in lengths)
-        if cut:
-            new = min(max(lengths), MAX_ADAPTED_LENGTH)
+        new = max(config.max_length, min(max(lengths), MAX_ADAPTED_LENGTH))  # never below the setting
+        if cut and new != config.max_length:
             still = sum(n > new for n in lengths)
             changes["max_length"] = new
             notes.append(
@@ -245,13 +245,23 @@ def _save_checkpoint(path: Path, step: int, module, opt, best: dict, loop: dict,
         atomic_write_json(tmp / "state.json", state)
 
 
+def _max_length(train_config) -> Any:
+    return train_config.get("max_length") if isinstance(train_config, dict) else None
+
+
 def _load_checkpoint(path: Path, module, opt, meta: dict):
     state = schema.read(path / "state.json", schema.CheckpointState, "checkpoint state", fix="start afresh without --resume")
     for key in ("method", "method_config", "train_config", "data_sha256", "fingerprint"):
         if state.get(key) != meta.get(key):
             raise EdgePromptError(
                 f"cannot resume from {path}: its {key} was {state.get(key)!r}, this run has {meta.get(key)!r}. "
-                "Resume with the same settings, or start afresh without --resume (or another --name)."
+                "Resume with the same settings"
+                + (
+                    " (--max-length now adapts to the data: pass the recorded one)"
+                    if key == "train_config" and _max_length(state.get(key)) != _max_length(meta.get(key))
+                    else ""
+                )
+                + ", or start afresh without --resume (or another --name)."
             )
     t = read_safetensors(path / "tensors.safetensors", "checkpoint tensors")
     module.load_state_dict({k[6:]: torch.from_numpy(v) for k, v in t.items() if k.startswith("param/")})

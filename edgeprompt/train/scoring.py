@@ -75,7 +75,8 @@ def content_free_calibration(lm: FrozenLM, kv: KV | None, spec: TaskSpec) -> Cal
     return Calibration.from_probabilities(probs / probs.sum(1, keepdims=True))
 
 
-#: :func:`train_prior_calibration` scores at most this many training examples (the split is shuffled).
+#: :func:`train_prior_calibration` scores at most this many training texts for the prompt's mean answer (the split
+#: is shuffled); the label frequencies count every row.
 TRAIN_PRIOR_EXAMPLES = 1000
 
 
@@ -94,7 +95,7 @@ def train_prior_calibration(lm: FrozenLM, kv: KV | None, spec: TaskSpec, train: 
     lp = label_logprobs(lm, kv, enc, rows)
     probs = np.exp(lp - lp.max(1, keepdims=True))
     mean = (probs / probs.sum(1, keepdims=True)).mean(0)
-    counts = np.bincount([spec.labels.index(ex.label) for ex in rows], minlength=len(spec.labels)) + 1.0
+    counts = np.bincount([spec.labels.index(ex.label) for ex in train], minlength=len(spec.labels)) + 1.0  # all rows: labels are cheap
     ratio = np.clip(mean, 1e-12, None) / (counts / counts.sum())
     log_prior = np.log(ratio) - np.log(ratio.sum())
     return Calibration([float(x) for x in log_prior], CalibrationMethod.TRAIN_PRIOR.value, [])

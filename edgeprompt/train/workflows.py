@@ -103,9 +103,11 @@ def choose_calibration(lm: FrozenLM, kv, spec: TaskSpec, dev: list[Example], sel
     ``mode``: a method name (``on`` is ``content_free``) keeps that correction; ``auto`` measures each one the
     data allows (``train_prior`` needs ``train``) and none on dev, and keeps the best dev score (``select``:
     accuracy or macro-F1), a correction over none on a tie, as before. Without dev examples ``auto`` keeps none.
-    Returns the spec to store and the record of the choice: each candidate's prior and dev report, and ``kept``
-    (the method, or None).
+    Returns the spec to store and the record of the choice: each candidate's ``divided_out`` (``exp(log_prior)``
+    per label) and dev report, and ``kept`` (the method, or None).
     """
+    if mode == "auto" and not dev:
+        return spec, {"select": select, "candidates": {}, "kept": None, "why": "no dev examples to measure a correction on"}
     wanted = [CalibrationMethod.CONTENT_FREE.value if mode == "on" else mode] if mode != "auto" else [m.value for m in CalibrationMethod]
     candidates: dict[str, Calibration] = {}
     for method in wanted:
@@ -115,7 +117,7 @@ def choose_calibration(lm: FrozenLM, kv, spec: TaskSpec, dev: list[Example], sel
             candidates[method] = train_prior_calibration(lm, kv, spec, list(train))
     rec: dict[str, Any] = {
         "select": select,
-        "candidates": {m: {"prior": dict(zip(spec.labels, [round(float(np.exp(x)), 4) for x in c.log_prior]))} for m, c in candidates.items()},
+        "candidates": {m: {"divided_out": dict(zip(spec.labels, [round(float(np.exp(x)), 4) for x in c.log_prior]))} for m, c in candidates.items()},
     }
     kept = None if mode == "auto" else next(iter(candidates))
     if dev:
@@ -178,7 +180,7 @@ def evaluate_task(
     }
 
 
-def format_reports(spec: TaskSpec, reports: tuple) -> str:
+def format_reports(spec: TaskSpec, reports: tuple, zero_shot_calibration: str | None = None) -> str:
     rep, zs, zsc = (tuple(reports) + (None,))[:3]
     if spec.kind == TaskKind.CLASSIFICATION:
         cal = f" (calibrated: {spec.calibration.method})" if spec.calibration is not None else ""
@@ -186,7 +188,7 @@ def format_reports(spec: TaskSpec, reports: tuple) -> str:
         if zs is not None:
             out += "\n" + zs.format("zero-shot: ")
         if zsc is not None:
-            out += "\n" + zsc.format("zero-shot, calibrated: ")
+            out += "\n" + zsc.format(f"zero-shot, calibrated{f' ({zero_shot_calibration})' if zero_shot_calibration else ''}: ")
         best = max((r for r in (zs, zsc) if r is not None), key=lambda r: r.macro_f1, default=None)
         if best is not None:
             out += f"\n=> {100 * (rep.accuracy - best.accuracy):+.1f} accuracy points and {rep.macro_f1 - best.macro_f1:+.3f} macro-F1 over the better zero-shot baseline"
