@@ -68,11 +68,14 @@ def label_logprobs(lm: FrozenLM, kv: KV | None, enc: Encoder, examples: list[Exa
 def content_free_calibration(lm: FrozenLM, kv: KV | None, spec: TaskSpec) -> Calibration:
     """The task's label prior under prefix ``kv`` on the content-free inputs (:data:`CONTENT_FREE_INPUTS`):
     what it answers for a text that says nothing ("Calibrate Before Use", Zhao et al., 2021)."""
-    enc = Encoder(lm, spec, None, prefix_len=prefix_length(kv))
-    examples = [Example(text, spec.labels[0]) for text in CONTENT_FREE_INPUTS]
-    lp = label_logprobs(lm, kv, enc, examples)
+    return Calibration.from_probabilities(label_probabilities(lm, kv, spec, [Example(text, spec.labels[0]) for text in CONTENT_FREE_INPUTS]))
+
+
+def label_probabilities(lm: FrozenLM, kv: KV | None, spec: TaskSpec, examples: list[Example]) -> np.ndarray:
+    """``[N, K]`` label probabilities (normalised over the labels) of texts read whole, as the runtimes read them."""
+    lp = label_logprobs(lm, kv, Encoder(lm, spec, None, prefix_len=prefix_length(kv)), examples)
     probs = np.exp(lp - lp.max(1, keepdims=True))
-    return Calibration.from_probabilities(probs / probs.sum(1, keepdims=True))
+    return probs / probs.sum(1, keepdims=True)
 
 
 #: :func:`train_prior_calibration` scores at most this many training texts for the prompt's mean answer (the split
@@ -91,14 +94,9 @@ def train_prior_calibration(lm: FrozenLM, kv: KV | None, spec: TaskSpec, train: 
     rows = train[:TRAIN_PRIOR_EXAMPLES]
     if not rows:
         raise EdgePromptError("the train_prior calibration needs training examples; use --calibration content_free or off.")
-    enc = Encoder(lm, spec, None, prefix_len=prefix_length(kv))
-    lp = label_logprobs(lm, kv, enc, rows)
-    probs = np.exp(lp - lp.max(1, keepdims=True))
-    mean = (probs / probs.sum(1, keepdims=True)).mean(0)
     counts = np.bincount([spec.labels.index(ex.label) for ex in train], minlength=len(spec.labels)) + 1.0  # all rows: labels are cheap
-    ratio = np.clip(mean, 1e-12, None) / (counts / counts.sum())
-    log_prior = np.log(ratio) - np.log(ratio.sum())
-    return Calibration([float(x) for x in log_prior], CalibrationMethod.TRAIN_PRIOR.value, [])
+    # mean over rows of p / q is m / q: from_probabilities normalises it and takes the log
+    return Calibration.from_probabilities(label_probabilities(lm, kv, spec, rows) / (counts / counts.sum()), CalibrationMethod.TRAIN_PRIOR.value, [])
 
 
 @torch.no_grad()
