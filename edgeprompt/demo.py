@@ -61,7 +61,8 @@ def run_demo(
     from edgeprompt.export.writer import ExportConfig, export_bundle
     from edgeprompt.profile import ProfileConfig, profile_bundles
     from edgeprompt.runtimes import open_bundle
-    from edgeprompt.train.loop import TrainConfig
+    from edgeprompt.train.batching import sequence_lengths
+    from edgeprompt.train.loop import TrainConfig, adapt_to_data
     from edgeprompt.train.models import FrozenLM
     from edgeprompt.train.workflows import format_reports, train_task
 
@@ -82,7 +83,11 @@ def run_demo(
         lm = lm or FrozenLM.load(model)
         log(f"[1/4] training {name} ({method}) on {len(data.train)} {data.name} examples ...")
         spec = get_method(method)
-        cfg = TrainConfig() if steps is None else TrainConfig(steps=steps, eval_every=max(steps // 2, 1))
+        given = {} if steps is None else {"steps": steps, "eval_every": max(steps // 2, 1)}
+        # the defaults `edgeprompt train` would choose for this data (steps, cadence, the training cut), said
+        cfg, notes = adapt_to_data(TrainConfig(**given), len(data.train), set(given), sequence_lengths(lm, data.spec, data.train))
+        for note in notes:
+            log(f"      {note}")
         task, summary = train_task(lm, data, data_args, method, spec.config_cls(), cfg, bank, name, overwrite=True, progress=True)
         if "reports" in summary:
             log(format_reports(task.spec, summary["reports"]))

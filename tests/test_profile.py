@@ -295,6 +295,7 @@ def test_demo_runs_end_to_end_then_reuses_its_tasks_and_bundles(tiny_tied_dir, t
         w = csv.writer(f)
         w.writerow(["text", "label"])
         w.writerows(make_sentences(120))
+        w.writerows([(" ".join(["good"] * 150), "positive")] * 30)  # longer than the default cut (96): the demo adapts it
     spec = TaskSpec(template="Text: {text}\nLabel:", instruction="Label the text as negative, positive.\n", labels=["negative", "positive"])
     args = {"source": str(src), "text_column": "text", "label_column": "label", "seed": 0, "dev": 10, "test": 20}
     data = load_dataset(str(src), spec=spec, text_column="text", label_column="label", seed=0, dev=10, test=20)
@@ -306,6 +307,12 @@ def test_demo_runs_end_to_end_then_reuses_its_tasks_and_bundles(tiny_tied_dir, t
     res = json.loads((tmp_path / "edgeprompt-profile" / "results.json").read_text())
     assert [b["format"] for b in res["bundles"]] == ["gguf", "onnx"] and res["complete"]
     assert "skipped" not in res["bundles"][0]["arms"]["virtual_tokens"][0]  # the demo's GGUF carries virtual tokens
+    # the demo trains with the defaults `edgeprompt train` adapts to the data, and says so
+    from edgeprompt.core.bank import PromptBank
+
+    assert any(line.strip().startswith("max length ") for line in lines), lines
+    cut = PromptBank(tmp_path / "edgeprompt-bank").task("tweets-prompt").manifest["training"]["train_config"]["max_length"]
+    assert cut > 96 and PromptBank(tmp_path / "edgeprompt-bank").task("tweets-prompt").manifest["training"]["train_config"]["steps"] == 2
     lines.clear()
     r2 = run_demo(tmp_path, steps=2, log=lines.append, model=tiny_tied_dir, data=data, data_args=args, profile_config=cfg())
     said = "\n".join(lines)
