@@ -208,12 +208,12 @@ def _export_onnx(lm, cfg: ExportConfig, tmp: Path, scratch: Path, log, model_spe
     emb_rel = f"{BUNDLE_MODEL_DIR}/{ONNX_EMBEDDINGS_FILE}"
     emb = lm.embeddings.detach().float().numpy()
     shared = False
-    if cfg.embeddings == "int8" and transcoded is not None and transcoded.get("Q8_0"):
+    if cfg.embeddings == "int8" and cfg.quant in ("int8", "int4"):
         from edgeprompt.export.onnx.transcode import share_head_with_table
 
         shared = share_head_with_table(tmp / rel, emb, tmp / emb_rel)  # a tied Q8_0 head: the table is its weights
         if shared:
-            log("the LM head and the embedding table share one Q8_0 copy of token_embd")
+            log("the LM head and the embedding table share one Q8_0 copy of the embeddings")
     if not shared:
         atomic_write_safetensors(tmp / emb_rel, embedding_table(emb, cfg.embeddings))
     rec = {ModelKeys.FILE: rel, ModelKeys.EMBEDDINGS: emb_rel, ModelKeys.TENSOR_TYPES: op_types(tmp / rel)}
@@ -240,12 +240,10 @@ def embedding_table(emb: np.ndarray, dtype: str) -> dict[str, np.ndarray]:
         return {TENSOR_EMBEDDINGS: np.ascontiguousarray(emb, dtype=np.float32)}
     if dtype == "fp16":
         return {TENSOR_EMBEDDINGS: emb.astype(np.float16)}
-    V, d = emb.shape
-    B = EMBEDDINGS_INT8_BLOCK if d % EMBEDDINGS_INT8_BLOCK == 0 else d  # a width with no blocks of 32: one per row
-    blocks = np.asarray(emb, dtype=np.float32).reshape(V, d // B, B)
-    scale = (np.abs(blocks).max(axis=2) / np.float32(127.0)).astype(np.float16).astype(np.float32)  # [V, d/B]
-    scale[scale == 0] = 1.0
-    q = np.clip(np.rint(blocks / scale[:, :, None]), -127, 127).astype(np.int8).reshape(V, d)
+    from edgeprompt.export.onnx.quant import q8_0
+
+    d = emb.shape[1]
+    q, scale = q8_0(emb, EMBEDDINGS_INT8_BLOCK if d % EMBEDDINGS_INT8_BLOCK == 0 else d)  # no blocks of 32: one per row
     return {TENSOR_EMBEDDINGS: q, TENSOR_EMBEDDINGS_SCALE: scale}
 
 

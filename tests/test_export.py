@@ -403,5 +403,76 @@ def test_accuracy_level_is_checked_and_recorded(bundle_of):
     with pytest.raises(EdgePromptError, match="choose 0"):
         ExportConfig(format="onnx", quant="int8", accuracy_level=7)
     m = json.loads((bundle_of("onnx", "int8", embeddings="int8") / "manifest.json").read_text())["model"]
-    assert m["accuracy_level"] == 4 and "embeddings_in_graph" not in m  # re-quantized: no Q8_0 head to share
+    assert m["accuracy_level"] == 4 and m["embeddings_in_graph"]  # the tied Q8_0 head is the int8 table
     assert "accuracy_level" not in json.loads((bundle_of("onnx", "fp32") / "manifest.json").read_text())["model"]
+
+
+@pytest.mark.parametrize("quant", ["int8", "int4"])
+def test_a_gemm_lm_head_is_quantized_at_8_bits(quant, tmp_path):
+    """The dynamo exporter writes the LM head as ``Gemm(x, W [N, K], C, transB=1)``, which ``MatMulNBitsQuantizer``
+    skips: int8 and int4 run it as an 8-bit MatMulNBits on its Q8_0 blocks (int4 too: the head stays wider, as in
+    llama.cpp's Q4 files), while int4's other MatMuls are 4-bit."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgeprompt.export.onnx.quant import BLOCK_SIZE, quantize
+
+    rng = np.random.default_rng(0)
+    K, H, N = 2 * BLOCK_SIZE, 4 * BLOCK_SIZE, 96
+    W1 = rng.standard_normal((K, H)).astype(np.float32)  # a body MatMul [K, H]
+    W = rng.standard_normal((N, H)).astype(np.float32)  # the head [N, H]
+    C = rng.standard_normal(N).astype(np.float32)
+    g = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W1"], ["h"], name="body"), helper.make_node("Gemm", ["h", "W", "C"], ["y"], name="lm_head", transB=1)],
+        "m",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, K])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(W1, "W1"), numpy_helper.from_array(W, "W"), numpy_helper.from_array(C, "C")],
+    )
+    onnx.save_model(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), str(tmp_path / "fp32.onnx"))
+    out = quantize(tmp_path / "fp32.onnx", tmp_path / quant / "m.onnx", quant, accuracy_level=0)
+    m = onnx.load(str(out))
+    ops = [n.op_type for n in m.graph.node]
+    assert "Gemm" not in ops and ops.count("MatMulNBits") == 2, ops
+    bits = {n.input[1]: helper.get_attribute_value(a) for n in m.graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "bits"}
+    assert sorted(bits.values()) == ([8, 8] if quant == "int8" else [4, 8]), bits
+    assert [b for name, b in bits.items() if name.startswith("W_")] == [8], bits  # the head's weight is 8-bit
+    x = rng.standard_normal((3, K)).astype(np.float32)
+    got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    h = x.astype(np.float64) @ W1
+    want = h @ W.T.astype(np.float64) + C
+    # symmetric blocks of 32 round each weight by at most half a step, step = block max / (2**(bits-1) - 1); with
+    # fp32 activations (accuracy_level 0) the error is at most sum |input| * |weight error| (worst case, not an estimate)
+    step = lambda w, b: np.abs(w).reshape(w.shape[0], -1, BLOCK_SIZE).max(-1).repeat(BLOCK_SIZE, -1) / (2 ** (b - 1) - 1)  # noqa: E731
+    e1 = step(W1.T, 4 if quant == "int4" else 8) / 2  # [H, K]
+    dh = np.abs(x) @ e1.T  # [3, H]: the bound on the body's error
+    # the head is Q8_0: its step is max/127 rounded to fp16 (up by at most 2**-11)
+    bound = (np.abs(h) + dh) @ (step(W, 8) * (1 + 2.0**-11) / 2).T + dh @ np.abs(W.T) + 1e-4 * np.abs(want)
+    assert np.all(np.abs(got - want) <= bound), float(np.max(np.abs(got - want) / bound))
+    assert np.abs(got - want).max() > 0  # quantized: not the fp32 graph
+
+
+def test_a_tied_int8_head_and_the_int8_table_are_one_copy(bundle_of, tiny_tied_dir, tiny_bank, tmp_path, monkeypatch):
+    """`--quant int8 --embeddings int8` of a tied model: the LM head's Q8_0 blocks are the int8 table's bytes, so the
+    bundle stores them once (the head reads them from the table file). The same export with two copies gives the
+    same logits bit for bit, and its graph's data is larger by the head's bytes."""
+    import edgeprompt.export.onnx.transcode as T
+    from edgeprompt.core.constants import ModelKeys
+    from edgeprompt.export.writer import ExportConfig, export_bundle
+    from edgeprompt.runtimes import open_bundle
+
+    one = bundle_of("onnx", "int8", embeddings="int8")
+    assert json.loads((one / "manifest.json").read_text())["model"].get(ModelKeys.EMBEDDINGS_IN_GRAPH) is True
+    monkeypatch.setattr(T, "share_head_with_table", lambda *a, **k: False)
+    two = tmp_path / "two"
+    export_bundle(two, bank=tiny_bank, model=tiny_tied_dir, config=ExportConfig(format="onnx", quant="int8", embeddings="int8", probes_per_task=6), log=lambda s: None)
+    assert ModelKeys.EMBEDDINGS_IN_GRAPH not in json.loads((two / "manifest.json").read_text())["model"]
+    with open_bundle(one, threads=1) as a, open_bundle(two, threads=1) as b:
+        V, d = a.vocab_size, a.backend.engine.hidden_size
+        for task in (None, "pt", "px"):
+            for text in ("what a lovely day", "the service was awful"):
+                assert np.array_equal(a.logits(task, text), b.logits(task, text)), (task, text)
+    head = V * d + 4 * V * (d // 32)  # uint8 weights and a float32 scale per block of 32
+    extra = (two / "model" / "decoder.onnx.data").stat().st_size - (one / "model" / "decoder.onnx.data").stat().st_size
+    assert head <= extra <= head + 4096, (extra, head)

@@ -89,7 +89,7 @@ def _row_order(want: np.ndarray, have: np.ndarray) -> np.ndarray | None:
     return np.array(perm)
 
 
-def _linear(node, inits) -> tuple:
+def constant_linear(node, inits) -> tuple:
     """A node computing ``x @ W.T`` with a constant ``W [N, K]`` (K a multiple of 32): ``MatMul(x, W.T)``, or a
     plain ``Gemm(x, W, C?, transB=1)`` (the dynamo exporter's LM head). Returns (initializer, ``W``, C's name or
     None), or (None, None, None)."""
@@ -111,7 +111,7 @@ def _linear(node, inits) -> tuple:
 
 
 def transcode(fp32_path: str | Path, gguf_path: str | Path, out_path: str | Path, accuracy_level: int) -> dict:
-    """Replace each MatMul (or plain Gemm, see :func:`_linear`) of ``fp32_path`` whose weight is a Q4_0/Q4_1/Q8_0 tensor of ``gguf_path`` by MatMulNBits on
+    """Replace each MatMul (or plain Gemm, see :func:`constant_linear`) of ``fp32_path`` whose weight is a Q4_0/Q4_1/Q8_0 tensor of ``gguf_path`` by MatMulNBits on
     the GGUF's own blocks; write ``out_path`` (weights as external data). Returns counts per GGUF type, of weights
     left (``left``) for the ordinary quantizer, and the names of the small Q4_1 ``m`` MatMuls it must leave alone
     (``keep_float``)."""
@@ -133,7 +133,7 @@ def transcode(fp32_path: str | Path, gguf_path: str | Path, out_path: str | Path
     counts: Counter = Counter()
     new_nodes, new_inits, drop = [], [], set()
     for node in g.node:
-        w, W, bias = _linear(node, inits)
+        w, W, bias = constant_linear(node, inits)
         if w is None:
             new_nodes.append(node)
             continue
@@ -199,7 +199,9 @@ def transcode(fp32_path: str | Path, gguf_path: str | Path, out_path: str | Path
 
 def share_head_with_table(model_path: str | Path, emb: np.ndarray, table_path: str | Path) -> bool:
     """One copy of a tied ``token_embd``, as the GGUF has: if the graph's LM head is an 8-bit MatMulNBits whose
-    weights are exactly ``emb [V, d]`` in Q8_0 form (a transcoded Q8_0 head, tied to the input embeddings), write the
+    weights read back exactly as the ``--embeddings int8`` table of ``emb [V, d]`` (its
+    :func:`~edgeprompt.export.onnx.quant.q8_0` blocks: a transcoded Q8_0 head or a quantized one, tied to the input
+    embeddings), write the
     embedding table as the head's own bytes, ``embeddings`` U8 ``[V, d]`` (q + 128, MatMulNBits' zero point) and
     ``embeddings_scale`` F32 ``[V, d/32]``, to ``table_path``, and point the head's ``B`` and ``scales`` into that
     file (ONNX external data: location, offset, length). Returns False, writing nothing, when there is no such head.
@@ -213,6 +215,7 @@ def share_head_with_table(model_path: str | Path, emb: np.ndarray, table_path: s
 
     from edgeprompt.core.constants import TENSOR_EMBEDDINGS, TENSOR_EMBEDDINGS_SCALE
     from edgeprompt.core.files import atomic_write_safetensors
+    from edgeprompt.export.onnx.quant import q8_0
 
     model_path, table_path = Path(model_path), Path(table_path)
     V, d = emb.shape
@@ -229,7 +232,8 @@ def share_head_with_table(model_path: str | Path, emb: np.ndarray, table_path: s
         B = numpy_helper.to_array(inits[node.input[1]]).reshape(V, d)
         S = numpy_helper.to_array(inits[node.input[2]]).reshape(V, d // BLOCK).astype(np.float32)
         x = ((B.astype(np.float32) - 128).reshape(V, d // BLOCK, BLOCK) * S[:, :, None]).reshape(V, d)
-        if not np.array_equal(x, np.asarray(emb, dtype=np.float32)):
+        q, scale = q8_0(emb)  # the --embeddings int8 table of emb reads back as q * scale (an all-zero block: 0 * 1)
+        if not np.array_equal(x, (q.astype(np.float32).reshape(V, d // BLOCK, BLOCK) * scale[:, :, None]).reshape(V, d)):
             continue
         atomic_write_safetensors(table_path, {TENSOR_EMBEDDINGS: B, TENSOR_EMBEDDINGS_SCALE: S})
         with open(table_path, "rb") as f:
