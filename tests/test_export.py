@@ -476,3 +476,34 @@ def test_a_tied_int8_head_and_the_int8_table_are_one_copy(bundle_of, tiny_tied_d
     head = V * d + 4 * V * (d // 32)  # uint8 weights and a float32 scale per block of 32
     extra = (two / "model" / "decoder.onnx.data").stat().st_size - (one / "model" / "decoder.onnx.data").stat().st_size
     assert head <= extra <= head + 4096, (extra, head)
+
+
+def test_two_gemms_sharing_a_weight_get_one_q8_0_copy():
+    """``q8_0_heads`` converts a weight two Gemms share once (no duplicate initializer) and drops the float weight
+    only when no use is left; the graph computes the same as the Q8_0 weight in numpy (fp32 activations)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgeprompt.export.onnx.quant import BLOCK_SIZE, q8_0, q8_0_heads
+
+    rng = np.random.default_rng(2)
+    K, N = 2 * BLOCK_SIZE, 24
+    W = rng.standard_normal((N, K)).astype(np.float32)
+    g = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "W"], ["y1"], name="a", transB=1), helper.make_node("Gemm", ["x", "W"], ["y2"], name="b", transB=1)],
+        "m",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, K])],
+        [helper.make_tensor_value_info("y1", TensorProto.FLOAT, None), helper.make_tensor_value_info("y2", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(W, "W")],
+    )
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    assert q8_0_heads(model, accuracy_level=0) == ["a_q8_0", "b_q8_0"]
+    assert sorted(i.name for i in model.graph.initializer) == ["W_q8_0_B", "W_q8_0_scales"]
+    x = rng.standard_normal((2, K)).astype(np.float32)
+    y1, y2 = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    q, s = q8_0(W)
+    want = x.astype(np.float64) @ (q.reshape(N, -1, BLOCK_SIZE) * s[:, :, None].astype(np.float64)).reshape(N, K).T
+    # fp32 accumulation of K products: within K * 2**-23 of sum |x_i * w_i| (a bound, not an estimate)
+    bound = K * 2.0**-23 * (np.abs(x).astype(np.float64) @ np.abs(W.T).astype(np.float64) * 1.01)
+    assert np.array_equal(y1, y2) and np.all(np.abs(y1 - want) <= bound), float(np.max(np.abs(y1 - want) / bound))

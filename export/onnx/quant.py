@@ -118,27 +118,31 @@ def q8_0_heads(model, accuracy_level: int, keep: set[str] = frozenset()) -> list
     for node in g.node:
         for x in node.input:
             uses[x] = uses.get(x, 0) + 1
-    nodes, names = [], []
+    for out in g.output:
+        uses[out.name] = uses.get(out.name, 0) + 1
+    nodes, names, done = [], [], {}
     for node in g.node:
         w, W, bias = constant_linear(node, inits) if node.op_type == "Gemm" and node.name not in keep else (None, None, None)
         if w is None:
             nodes.append(node)
             continue
         N, K = W.shape
-        q, scale = q8_0(W)
         name, ins = f"{node.name or w.name}_q8_0", [node.input[0], f"{w.name}_q8_0_B", f"{w.name}_q8_0_scales"]
-        g.initializer.extend(
-            [
-                numpy_helper.from_array((q.astype(np.int16) + 128).astype(np.uint8).reshape(N, K // BLOCK_SIZE, BLOCK_SIZE), ins[1]),
-                numpy_helper.from_array(scale, ins[2]),
-            ]
-        )
+        if w.name not in done:  # a weight two Gemms share is converted once
+            q, scale = q8_0(W)
+            g.initializer.extend(
+                [
+                    numpy_helper.from_array((q.astype(np.int16) + 128).astype(np.uint8).reshape(N, K // BLOCK_SIZE, BLOCK_SIZE), ins[1]),
+                    numpy_helper.from_array(scale, ins[2]),
+                ]
+            )
+        done[w.name] = done.get(w.name, 0) + 1
         out = node.output[0] if bias is None else f"{name}_out"
         attrs = {"K": K, "N": N, "bits": 8, "block_size": BLOCK_SIZE, "accuracy_level": accuracy_level}
         nodes.append(helper.make_node("MatMulNBits", ins, [out], name=name, domain="com.microsoft", **attrs))
         if bias is not None:
             nodes.append(helper.make_node("Add", [out, bias], [node.output[0]], name=f"{name}_bias"))
-        if uses[w.name] == 1:
+        if done[w.name] == uses[w.name]:  # every use converted: the float weight goes
             g.initializer.remove(w)
         names.append(name)
     if names:

@@ -223,6 +223,8 @@ def share_head_with_table(model_path: str | Path, emb: np.ndarray, table_path: s
         return False
     model = onnx.load(str(model_path))
     inits = {i.name: i for i in model.graph.initializer}
+    q, scale = q8_0(emb)  # the --embeddings int8 table of emb reads back as q * scale (an all-zero block: 0 * 1)
+    table = (q.astype(np.float32).reshape(V, d // BLOCK, BLOCK) * scale[:, :, None]).reshape(V, d)
     for node in model.graph.node:
         a = {x.name: helper.get_attribute_value(x) for x in node.attribute}
         if node.op_type != "MatMulNBits" or a.get("bits") != 8 or a.get("N") != V or a.get("K") != d or len(node.input) != 3:
@@ -232,8 +234,7 @@ def share_head_with_table(model_path: str | Path, emb: np.ndarray, table_path: s
         B = numpy_helper.to_array(inits[node.input[1]]).reshape(V, d)
         S = numpy_helper.to_array(inits[node.input[2]]).reshape(V, d // BLOCK).astype(np.float32)
         x = ((B.astype(np.float32) - 128).reshape(V, d // BLOCK, BLOCK) * S[:, :, None]).reshape(V, d)
-        q, scale = q8_0(emb)  # the --embeddings int8 table of emb reads back as q * scale (an all-zero block: 0 * 1)
-        if not np.array_equal(x, (q.astype(np.float32).reshape(V, d // BLOCK, BLOCK) * scale[:, :, None]).reshape(V, d)):
+        if not np.array_equal(x, table):
             continue
         atomic_write_safetensors(table_path, {TENSOR_EMBEDDINGS: B, TENSOR_EMBEDDINGS_SCALE: S})
         with open(table_path, "rb") as f:
