@@ -124,7 +124,7 @@ def test_defaults_adapt_to_small_data_and_say_so():
     cfg, notes = adapt_to_data(TrainConfig(), n_train=10)
     assert cfg.steps == 30 and cfg.warmup_steps == 3  # at least MIN_STEPS
     cfg, notes = adapt_to_data(TrainConfig(steps=500), n_train=100, given={"steps"})
-    assert cfg.steps == 500 and cfg.eval_every == 100 and not any("steps 500" in n for n in notes)
+    assert cfg.steps == 500 and cfg.eval_every == 40 and not any("steps 500" in n for n in notes)
     assert adapt_to_data(TrainConfig(), n_train=36_000)[0] == TrainConfig()  # large data: the defaults as they are
 
 
