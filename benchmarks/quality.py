@@ -6,8 +6,8 @@ the same wall time, and a PEFT LoRA (r=8) at the same wall time, on several seed
 kept state, no calibration, 200 steps). *After*: the defaults now (stratified split, ``--balance auto``,
 ``--select auto``, ``--calibration auto`` choosing among none, content-free and train-prior on dev, steps and
 the training cut adapted to the data). PEFT and LoRA train as ``benchmarks/accuracy.py`` does (unweighted loss on
-the label tokens, texts cut at 96 tokens, the same batches) for our *after* run's training seconds, so a run that
-shares the cores with other work gives them the same share. Every model is scored by the
+the label tokens, texts cut at 96 tokens, the same batches) for our *after* run's training seconds (wall time: on
+cores shared with other work, each arm's share can differ; compare their step counts). Every model is scored by the
 same scorer on the same test split (the *after* split; *before* is also scored on its own split, reported
 beside it), so the figures differ only by training and calibration.
 
