@@ -220,6 +220,17 @@ def targets(runs: list[dict]) -> str:
     return "\n".join(rows)
 
 
+def _steps(runs: list[dict], arm: str) -> str:
+    """A peer arm's steps against ours in the same seconds, and a LoRA adapter's bytes (what a task ships)."""
+    rs = [r for r in runs if arm in r]
+    if not rs:
+        return ""
+    out = f"{statistics.fmean(r[arm]['steps'] for r in rs):.0f} steps, ours {statistics.fmean(r['steps'] for r in rs):.0f}"
+    if arm == "lora":
+        out += f"; {statistics.fmean(r[arm]['adapter_bytes'] for r in rs) / 1024:.0f} KiB a task"
+    return out
+
+
 def table(runs: list[dict]) -> str:
     def stat(xs):
         xs = [x for x in xs if x is not None]
@@ -239,8 +250,8 @@ def table(runs: list[dict]) -> str:
             ("zero-shot", [r["zero_shot"] for r in after]),
             (f"zero-shot calibrated ({_methods(r.get('zero_shot_calibration') or 'content_free' for r in after)})", [r["zero_shot_calibrated"] for r in after]),
             ("majority class", [r["majority"] for r in rs if r["variant"] == "after"]),
-            ("PEFT, same wall time", [r["peft"]["test"] for r in rs if "peft" in r]),
-            ("PEFT LoRA r=8, same wall time", [r["lora"]["test"] for r in rs if "lora" in r]),
+            (f"PEFT, same wall time ({_steps(rs, 'peft')})", [r["peft"]["test"] for r in rs if "peft" in r]),
+            (f"PEFT LoRA r=8, same wall time ({_steps(rs, 'lora')})", [r["lora"]["test"] for r in rs if "lora" in r]),
         ]
         for arm, reps in arms:
             if not reps:
