@@ -318,3 +318,12 @@ def test_demo_runs_end_to_end_then_reuses_its_tasks_and_bundles(tiny_tied_dir, t
     said = "\n".join(lines)
     assert said.count("reusing") == 4 and "training" not in said and "exporting" not in said
     assert r2["timings"]["export_s"] < r["timings"]["export_s"]
+    onnx_model = json.loads((tmp_path / "tweets-onnx-int8" / "manifest.json").read_text())["model"]
+    assert onnx_model["embeddings_dtype"] == "int8" and onnx_model["embeddings_in_graph"]  # the head's copy is the table
+    # a bundle exported with other settings (here: the fp32 table of an earlier demo) is exported again
+    from edgeprompt.demo import DEMO_BUNDLES, _bundle_is_current
+
+    bank = PromptBank(tmp_path / "edgeprompt-bank")
+    fmt, quant, folder, kw = DEMO_BUNDLES[1]
+    assert _bundle_is_current(tmp_path / folder, bank, quant, kw)
+    assert not _bundle_is_current(tmp_path / folder, bank, quant, {}) and not _bundle_is_current(tmp_path / folder, bank, "int4", kw)
