@@ -609,7 +609,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="training only: longest input + label in tokens, longer texts are cut to fit (default 96, raised to the "
         "longest training example up to 512 when some are longer, and said at the start); eval and runtimes take texts whole",
     )
-    t.add_argument("--eval-every", type=int, help="dev evaluation every N steps (default 40: 5 times in 200 steps, and 5 times in a shortened run); the best dev state is kept")
+    t.add_argument(
+        "--eval-every",
+        type=int,
+        help="dev evaluation every N steps (default 40: 5 times in 200 steps, and 5 times in a shortened run); the best dev state is kept",
+    )
     t.add_argument(
         "--balance", choices=["auto", "weights", "none"], default="auto", help="class weights in the loss (auto: when the labels are skewed 1.5:1 or more)"
     )

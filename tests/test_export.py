@@ -466,7 +466,9 @@ def test_a_tied_int8_head_and_the_int8_table_are_one_copy(bundle_of, tiny_tied_d
     assert json.loads((one / "manifest.json").read_text())["model"].get(ModelKeys.EMBEDDINGS_IN_GRAPH) is True
     monkeypatch.setattr(T, "share_head_with_table", lambda *a, **k: False)
     two = tmp_path / "two"
-    export_bundle(two, bank=tiny_bank, model=tiny_tied_dir, config=ExportConfig(format="onnx", quant="int8", embeddings="int8", probes_per_task=6), log=lambda s: None)
+    export_bundle(
+        two, bank=tiny_bank, model=tiny_tied_dir, config=ExportConfig(format="onnx", quant="int8", embeddings="int8", probes_per_task=6), log=lambda s: None
+    )
     assert ModelKeys.EMBEDDINGS_IN_GRAPH not in json.loads((two / "manifest.json").read_text())["model"]
     with open_bundle(one, threads=1) as a, open_bundle(two, threads=1) as b:
         V, d = a.vocab_size, a.backend.engine.hidden_size
@@ -481,7 +483,6 @@ def test_a_tied_int8_head_and_the_int8_table_are_one_copy(bundle_of, tiny_tied_d
 def test_two_gemms_sharing_a_weight_get_one_q8_0_copy():
     """``q8_0_heads`` converts a weight two Gemms share once (no duplicate initializer) and drops the float weight
     only when no use is left; the graph computes the same as the Q8_0 weight in numpy (fp32 activations)."""
-    import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
