@@ -140,15 +140,14 @@ def lora_train(lm_dir: str, data, budget_s: float, seed: int = 0, r: int = 8):
 def run_one(lm, lm_dir: str, name: str, method: str, seed: int, variant: str, work: Path, peft: bool) -> dict:
     from edgeprompt.core.bank import PromptBank
     from edgeprompt.core.methods import get_method
-    from edgeprompt.train.batching import sequence_lengths
-    from edgeprompt.train.loop import TrainConfig, adapt_to_data
+    from edgeprompt.train.loop import TrainConfig, adapt_to_dataset
     from edgeprompt.train.workflows import evaluate_task, train_task
 
     after = variant == "after"
     data, load_args = DATASETS[name](seed, after)
     m = get_method(method + ("_tuning" if not method.endswith("_tuning") else ""))
     if after:
-        cfg, notes = adapt_to_data(TrainConfig(seed=seed), len(data.train), lengths=sequence_lengths(lm, data.spec, data.train))
+        cfg, notes = adapt_to_dataset(lm, data, TrainConfig(seed=seed))
     else:
         cfg, notes = TrainConfig(seed=seed, balance="none", select="accuracy", calibration="off"), []
     bank = PromptBank(work / f"bank-{name}-{seed}-{variant}")

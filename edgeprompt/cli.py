@@ -114,8 +114,7 @@ def _load_data(args, spec=None):
 def cmd_train(args) -> int:
     from edgeprompt.core.bank import PromptBank
     from edgeprompt.core.methods import all_methods, config_from_dict, get_method
-    from edgeprompt.train.batching import sequence_lengths
-    from edgeprompt.train.loop import TrainConfig, adapt_to_data, label_counts, resolved
+    from edgeprompt.train.loop import TrainConfig, adapt_to_dataset, label_counts, resolved
     from edgeprompt.train.models import FrozenLM
     from edgeprompt.train.workflows import format_reports, train_task
 
@@ -163,7 +162,7 @@ def cmd_train(args) -> int:
     print(f"data: {data.name}: {len(data.train)} train / {len(data.dev)} dev / {len(data.test)} test", file=sys.stderr)
     lm = FrozenLM.load(args.model)
     print(f"model: {lm.info.name} (fingerprint {lm.info.fingerprint[:16]})", file=sys.stderr)
-    tcfg, notes = adapt_to_data(tcfg, len(data.train), set(given), sequence_lengths(lm, data.spec, data.train))
+    tcfg, notes = adapt_to_dataset(lm, data, tcfg, set(given))
     balance, select = resolved(tcfg, data)
     if data.spec.kind == TaskKind.CLASSIFICATION:
         counts = label_counts(data)

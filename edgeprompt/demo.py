@@ -67,8 +67,7 @@ def run_demo(
     from edgeprompt.export.writer import ExportConfig, export_bundle
     from edgeprompt.profile import ProfileConfig, profile_bundles
     from edgeprompt.runtimes import open_bundle
-    from edgeprompt.train.batching import sequence_lengths
-    from edgeprompt.train.loop import TrainConfig, adapt_to_data
+    from edgeprompt.train.loop import TrainConfig, adapt_to_dataset
     from edgeprompt.train.models import FrozenLM
     from edgeprompt.train.workflows import format_reports, train_task
 
@@ -91,7 +90,7 @@ def run_demo(
         spec = get_method(method)
         given = {} if steps is None else {"steps": steps, "eval_every": max(steps // 2, 1)}
         # the defaults `edgeprompt train` would choose for this data (steps, cadence, the training cut), said
-        cfg, notes = adapt_to_data(TrainConfig(**given), len(data.train), set(given), sequence_lengths(lm, data.spec, data.train))
+        cfg, notes = adapt_to_dataset(lm, data, TrainConfig(**given), set(given))
         for note in notes:
             log(f"      {note}")
         task, summary = train_task(lm, data, data_args, method, spec.config_cls(), cfg, bank, name, overwrite=True, progress=True)

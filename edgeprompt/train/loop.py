@@ -28,7 +28,7 @@ from edgeprompt.core.errors import EdgePromptError, TrainingInterrupted
 from edgeprompt.core.files import atomic_directory, atomic_write_json, atomic_write_safetensors, read_safetensors, recover_directory
 from edgeprompt.core.methods import get_method
 from edgeprompt.core.metrics import report_dict
-from edgeprompt.train.batching import Encoder, collate
+from edgeprompt.train.batching import Encoder, collate, sequence_lengths
 from edgeprompt.train.forward import logits_at, text_hidden
 from edgeprompt.train.models import FrozenLM
 from edgeprompt.train.scoring import evaluate
@@ -154,6 +154,12 @@ def adapt_to_data(config: TrainConfig, n_train: int, given: set[str] = frozenset
                 + "and eval takes texts whole; --max-length overrides"
             )
     return (replace(config, **changes) if changes else config), notes
+
+
+def adapt_to_dataset(lm, data: Dataset, config: TrainConfig, given: set[str] = frozenset()) -> tuple[TrainConfig, list[str]]:
+    """:func:`adapt_to_data` on ``data``'s training split, its lengths measured by ``lm``'s tokenizer: what
+    ``edgeprompt train``, ``edgeprompt demo`` and the quality benchmark train with."""
+    return adapt_to_data(config, len(data.train), set(given), sequence_lengths(lm, data.spec, data.train))
 
 
 MAX_EPOCHS = 10
