@@ -168,6 +168,8 @@ def run_one(lm, lm_dir: str, name: str, method: str, seed: int, variant: str, wo
         "zero_shot_calibration": summary.get("zero_shot_calibration"),
         "majority": majority(data),
         "training": {k: task.manifest["training"].get(k) for k in ("balance", "select", "calibration", "label_counts", "best_step")},
+        "lr": task.manifest["training"]["train_config"]["lr"],
+        "dev_macro_f1": {h["step"]: h["dev"]["macro_f1"] for h in task.manifest["training"]["history"] if "dev" in h},
     }
     if peft and after:
         from accuracy import peft_train
@@ -279,7 +281,9 @@ def main(argv=None) -> int:
 
     lm_dir = str(resolve_model_dir(args.model))
     work = Path(tempfile.mkdtemp(prefix="edgeprompt-quality-"))
-    runs = json.loads(Path(args.json).read_text())["runs"] if args.append and Path(args.json).exists() else []
+    # --append keeps the file's other keys (``superseded``: runs on defaults since changed, cited in quality.md's prose)
+    record = json.loads(Path(args.json).read_text()) if args.append and Path(args.json).exists() else {}
+    runs = record.get("runs", [])
     for name in args.datasets:
         for method in args.methods:
             for seed in args.seeds:
@@ -291,7 +295,10 @@ def main(argv=None) -> int:
                         f"{name} {method} seed {seed} {variant}: accuracy {r['test']['accuracy']:.3f}, macro-F1 {r['test']['macro_f1']:.3f} ({r['wall_s']:.0f} s)",
                         flush=True,
                     )
-                    Path(args.json).write_text(json.dumps({"machine": platform.processor() or platform.machine(), "runs": runs}, indent=1) + "\n")
+                    record.update(machine=platform.processor() or platform.machine(), runs=runs)
+                    tmp = Path(args.json + ".tmp")
+                    tmp.write_text(json.dumps(record, indent=1) + "\n")
+                    tmp.replace(args.json)  # a run killed mid-write leaves the earlier runs intact
     Path(args.md).write_text(
         "# Task quality on small, skewed data\n\nWritten by `benchmarks/quality.py` (see its docstring for the arms); mean ± range over seeds.\n\n"
         + table(runs)
