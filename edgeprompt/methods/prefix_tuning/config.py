@@ -48,7 +48,7 @@ class PrefixTuningConfig(PromptLearningConfig):
     def default_lr(self) -> float:
         """model+mlp: 0.1, like a prompt. benchmarks/sweep_small.md: on the small skewed sets 0.3 (the tweets
         sweep's pick) swings and falls (dev macro-F1 0.14-0.43 on drug reviews, 0.80-0.96 on SMS spam) where 0.1
-        holds (0.52-0.58; 0.96-1.00); on the tweets 0.1 is 2.7 points under 0.3 at 120 steps (65.0% vs 67.7%
+        holds (0.52-0.58; 0.96-1.00) and 0.03 is no better (0.50-0.58; 0.84-1.00); on the tweets 0.1 is 2.7 points under 0.3 at 120 steps (65.0% vs 67.7%
         on 300 dev tweets, inside their spread). The classic MLP form needs a small rate (benchmarks/sweep.md,
         3e-4: 64.7% dev at 80 steps, against 39-43% at 3e-3..3e-2)."""
         return 0.1 if self.projection and self.encoder == PrefixEncoder.MODEL_MLP else 3e-4
