@@ -76,9 +76,7 @@ def main() -> None:
             "|---|---|---|---|---|---|---|---|---|---|---|---|\n"
         )
     cmd = "sweep.py " + " ".join(f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(args).items() if k != "out")
-    extra = list(itertools.product(args.encoder, args.mlp_lr_ratio)) if args.method == "prefix" else [(None, None)]
-    for lr, P, init, bs, ml, (encoder, ratio) in itertools.product(args.lr, args.P, args.init, args.batch_size, args.max_length, extra):
-        mcfg = spec_m.config_cls(num_virtual_tokens=P, init=init, **({"encoder": encoder, "mlp_lr_ratio": ratio} if encoder else {}))
+    for lr, P, init, bs, ml, encoder, ratio, mcfg in _grid(args, spec_m):
         tcfg = TrainConfig(steps=args.steps, batch_size=bs, lr=lr, max_length=ml, eval_every=args.eval_every, eval_examples=300, checkpoint_every=10**9)
         t0 = time.perf_counter()
         res = train(lm, data, spec_m.name, mcfg, tcfg, progress=False)
@@ -90,10 +88,23 @@ def main() -> None:
             f"| {label} | {lr:g} | {P} | {init} | {bs} | {ml} | {args.steps} | {curve} | {res.best_dev['accuracy']:.3f} "
             f"| {train_s:.0f} | {wall / args.steps:.2f} | `{cmd}` |\n"
         )
-        with open(out, "a") as f:
-            f.write(row)
-        print(row, end="", flush=True)
+        _append(out, row)
         print(json.dumps({"lr": lr, "P": P, "init": init, "history": res.history}), file=open(HERE / "out_sweep.jsonl", "a"))
+
+
+def _grid(args, spec_m):
+    """Every setting of the sweep: (lr, P, init, batch, max_length, encoder, mlp ratio, method config)."""
+    extra = list(itertools.product(args.encoder, args.mlp_lr_ratio)) if args.method == "prefix" else [(None, None)]
+    for lr, P, init, bs, ml, (encoder, ratio) in itertools.product(args.lr, args.P, args.init, args.batch_size, args.max_length or [None], extra):
+        mcfg = spec_m.config_cls(num_virtual_tokens=P, init=init, **({"encoder": encoder, "mlp_lr_ratio": ratio} if encoder else {}))
+        yield lr, P, init, bs, ml, encoder, ratio, mcfg
+
+
+def _append(out: Path, row: str) -> None:
+    """A row goes to the table as soon as its run ends, so a partial sweep is still a record."""
+    with open(out, "a") as f:
+        f.write(row)
+    print(row, end="", flush=True)
 
 
 def small(args) -> None:
@@ -122,9 +133,7 @@ def small(args) -> None:
     cmd = "sweep.py " + " ".join(
         f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(args).items() if k != "out" and v is not None
     )
-    extra = list(itertools.product(args.encoder, args.mlp_lr_ratio)) if args.method == "prefix" else [(None, None)]
-    for lr, P, init, bs, ml, (encoder, ratio) in itertools.product(args.lr, args.P, args.init, args.batch_size, args.max_length or [None], extra):
-        mcfg = spec_m.config_cls(num_virtual_tokens=P, init=init, **({"encoder": encoder, "mlp_lr_ratio": ratio} if encoder else {}))
+    for lr, P, init, bs, ml, encoder, ratio, mcfg in _grid(args, spec_m):
         given = {"eval_every"} | ({"steps"} if args.steps else set()) | ({"max_length"} if ml else set())
         base = TrainConfig(seed=args.seed, batch_size=bs, lr=lr, eval_every=args.eval_every, checkpoint_every=10**9)
         base = TrainConfig(**{**vars(base), **({"steps": args.steps} if args.steps else {}), **({"max_length": ml} if ml else {})})
@@ -139,9 +148,7 @@ def small(args) -> None:
             f"| {args.dataset} | {args.seed} | {label} | {lr:g} | {P} | {bs} | {tcfg.max_length} | {tcfg.steps} | {curve} | {max(f1s):.3f} "
             f"| {sum(f1s[-3:]) / len(f1s[-3:]):.3f} | {wall:.0f} | {torch.get_num_threads()} | `{cmd}` |\n"
         )
-        with open(out, "a") as f:
-            f.write(row)
-        print(row, end="", flush=True)
+        _append(out, row)
 
 
 if __name__ == "__main__":
