@@ -75,7 +75,7 @@ def main() -> None:
             "| method | lr | P | init | batch | max_len | steps | dev@steps | best dev | train s | s/step | cmd |\n"
             "|---|---|---|---|---|---|---|---|---|---|---|---|\n"
         )
-    cmd = "sweep.py " + " ".join(f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(args).items() if k != "out")
+    cmd = _cmd(args)
     for lr, P, init, bs, ml, encoder, ratio, mcfg in _grid(args, spec_m):
         tcfg = TrainConfig(steps=args.steps, batch_size=bs, lr=lr, max_length=ml, eval_every=args.eval_every, eval_examples=300, checkpoint_every=10**9)
         t0 = time.perf_counter()
@@ -90,6 +90,13 @@ def main() -> None:
         )
         _append(out, row)
         print(json.dumps({"lr": lr, "P": P, "init": init, "history": res.history}), file=open(HERE / "out_sweep.jsonl", "a"))
+
+
+def _cmd(args) -> str:
+    """The row's command line: every argument given or defaulted, but --out."""
+    return "sweep.py " + " ".join(
+        f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(args).items() if k != "out" and v is not None
+    )
 
 
 def _grid(args, spec_m):
@@ -130,14 +137,11 @@ def small(args) -> None:
             "| dataset | seed | method | lr | P | batch | max_len | steps | dev@steps (macro-F1/acc) | best dev F1 | last-3 mean F1 | train s | threads | cmd |\n"
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
         )
-    cmd = "sweep.py " + " ".join(
-        f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(args).items() if k != "out" and v is not None
-    )
+    cmd = _cmd(args)
     for lr, P, init, bs, ml, encoder, ratio, mcfg in _grid(args, spec_m):
-        given = {"eval_every"} | ({"steps"} if args.steps else set()) | ({"max_length"} if ml else set())
-        base = TrainConfig(seed=args.seed, batch_size=bs, lr=lr, eval_every=args.eval_every, checkpoint_every=10**9)
-        base = TrainConfig(**{**vars(base), **({"steps": args.steps} if args.steps else {}), **({"max_length": ml} if ml else {})})
-        tcfg, notes = adapt_to_dataset(lm, data, base, given)
+        chosen = {k: v for k, v in (("steps", args.steps), ("max_length", ml)) if v}  # the rest adapts to the data
+        base = TrainConfig(seed=args.seed, batch_size=bs, lr=lr, eval_every=args.eval_every, checkpoint_every=10**9, **chosen)
+        tcfg, _ = adapt_to_dataset(lm, data, base, {"eval_every", *chosen})
         t0 = time.perf_counter()
         res = train(lm, data, spec_m.name, mcfg, tcfg, progress=False)
         wall = time.perf_counter() - t0
