@@ -2,7 +2,9 @@
 PEFT's own training given the same wall time, for prompt tuning and prefix tuning.
 
 SmolLM2-135M (embedded default), the built-in tweets split (1,000 test tweets, 3 classes). Our run
-uses the CLI defaults (edgeprompt/training.py, chosen from benchmarks/sweep.md). PEFT trains the
+uses the library defaults: ``TrainConfig()`` (edgeprompt/train/loop.py) and each method's ``default_lr()``
+(edgeprompt/methods/*/config.py, chosen from benchmarks/sweep.md), with the tweets' 96-token cut and no
+label-prior correction (benchmarks/quality.py runs the CLI's full path, calibration included). PEFT trains the
 same template and label tokens with its recipe from the issue (prompt: text init, lr 0.3; prefix:
 MLP, lr 1e-2; AdamW, batch 8) until it has used our whole wall time, dev evaluations included.
 Every model is scored by the same scorer (PEFT's prompt is read through the PEFT-parity-tested

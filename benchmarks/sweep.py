@@ -2,7 +2,8 @@
 
 One process loads SmolLM2-135M once and trains each configuration from scratch, evaluating the
 dev split (300 tweets) along the way; rows are appended to benchmarks/sweep.md as they finish,
-so a partial sweep is still a record. The defaults in edgeprompt/training.py cite this table.
+so a partial sweep is still a record. The rates in edgeprompt/methods/*/config.py (``default_lr``) cite this
+table.
 
     python benchmarks/sweep.py --method prompt --lr 0.1 0.3 1.0 --P 20 --steps 120
     python benchmarks/sweep.py --method prefix --lr 3e-3 1e-2 3e-2 --P 20 --steps 120

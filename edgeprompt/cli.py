@@ -561,6 +561,18 @@ def _add_runtime(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _lr_help() -> str:
+    """``--lr``'s help, read from each registered method's ``default_lr()`` so it cannot go stale."""
+    from edgeprompt.core.methods import all_methods, get_method
+
+    rates = [f"{m.removesuffix('_tuning')} {get_method(m).config_cls().default_lr():g}" for m in all_methods()]
+    mlp = get_method("prefix_tuning").config_cls(encoder="mlp").default_lr()
+    return (
+        f"learning rate (default, per method: {'; '.join(rates)}; prefix with --encoder mlp or --no-projection {mlp:g}; "
+        "from the sweeps in benchmarks/sweep.md and sweep_small.md)"
+    )
+
+
 def _subcommand(sub, name: str, help: str | None = None, **kw) -> argparse.ArgumentParser:
     """A subcommand whose own ``--help`` says what it does (argparse shows ``help`` only in the parent's list)."""
     kw.setdefault("description", help)
@@ -600,7 +612,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--mlp-lr-ratio", type=float, help="prefix, model+mlp: the MLP's lr as a fraction of --lr (default 1e-3)")
     t.add_argument("--steps", type=int, help="optimizer steps (default 200, fewer on small data: at most 10 epochs; said at the start)")
     t.add_argument("--batch-size", type=int, default=8)
-    t.add_argument("--lr", type=float, help="learning rate (default: per method: prompt 0.1; prefix 0.3, or 3e-4 with --encoder mlp; see benchmarks/sweep.md)")
+    t.add_argument("--lr", type=float, help=_lr_help())
     t.add_argument("--warmup-steps", type=int, help="linear warm-up steps (default 10, or a tenth of the steps)")
     t.add_argument(
         "--max-length",

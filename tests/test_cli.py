@@ -104,3 +104,15 @@ def test_template_flags_unescape_newlines():
     )
     spec = _spec_from_args(args, "x.csv")
     assert spec.template == "Review: {text}\nStars:" and spec.instruction == "Rate it.\n" and spec.verbalizers["1"] == "\tone"
+
+
+def test_lr_help_names_each_methods_default():
+    """``train --help`` states the rate each registered method trains at when ``--lr`` is not given (it once said
+    0.3 for prefix tuning after the default had moved to 0.1)."""
+    from edgeprompt.cli import build_parser
+    from edgeprompt.core.methods import all_methods, get_method
+
+    train = next(a for a in build_parser()._actions if a.dest == "cmd").choices["train"]
+    said = next(a for a in train._actions if a.dest == "lr").help
+    for m in all_methods():
+        assert f"{m.removesuffix('_tuning')} {get_method(m).config_cls().default_lr():g}" in said, (m, said)
