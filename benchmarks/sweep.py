@@ -94,9 +94,10 @@ def main() -> None:
 
 
 def _cmd(args) -> str:
-    """The row's command line: every argument given or defaulted, but --out."""
+    """The row's command line: every argument given or defaulted, but --out (and the prefix-only ones for prompt tuning)."""
+    skip = {"out"} | ({"encoder", "mlp_lr_ratio"} if args.method != "prefix" else set())
     return "sweep.py " + " ".join(
-        f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(args).items() if k != "out" and v is not None
+        f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(args).items() if k not in skip and v is not None
     )
 
 
