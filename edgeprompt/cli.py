@@ -565,7 +565,8 @@ def _lr_help() -> str:
     """``--lr``'s help, read from each registered method's ``default_lr()`` so it cannot go stale."""
     from edgeprompt.core.methods import all_methods, get_method
 
-    rates = [f"{m.removesuffix('_tuning')} {get_method(m).config_cls().default_lr():g}" for m in all_methods()]
+    specs = [get_method(m) for m in all_methods()]
+    rates = [f"{(s.aliases or (s.name,))[0]} {s.config_cls().default_lr():g}" for s in specs]  # the names --method takes
     mlp = get_method("prefix_tuning").config_cls(encoder="mlp").default_lr()
     return (
         f"learning rate (default, per method: {'; '.join(rates)}; prefix with --encoder mlp or --no-projection {mlp:g}; "

@@ -115,4 +115,5 @@ def test_lr_help_names_each_methods_default():
     train = next(a for a in build_parser()._actions if a.dest == "cmd").choices["train"]
     said = next(a for a in train._actions if a.dest == "lr").help
     for m in all_methods():
-        assert f"{m.removesuffix('_tuning')} {get_method(m).config_cls().default_lr():g}" in said, (m, said)
+        spec = get_method(m)
+        assert f"{(spec.aliases or (spec.name,))[0]} {spec.config_cls().default_lr():g}" in said, (m, said)
