@@ -565,8 +565,13 @@ def _lr_help() -> str:
     """``--lr``'s help, read from each registered method's ``default_lr()`` so it cannot go stale."""
     from edgeprompt.core.methods import all_methods, get_method
 
-    specs = [get_method(m) for m in all_methods()]
-    rates = [f"{(s.aliases or (s.name,))[0]} {s.config_cls().default_lr():g}" for s in specs]  # the names --method takes
+    def rate(spec) -> str:
+        try:
+            return f"{spec.config_cls().default_lr():g}"
+        except Exception:  # a plug-in's config may need arguments or lack a default rate; every command builds
+            return "its config's default_lr()"  # this parser, so help text must not be what breaks them
+
+    rates = [f"{(s.aliases or (s.name,))[0]} {rate(s)}" for s in map(get_method, all_methods())]  # the names --method takes
     mlp = get_method("prefix_tuning").config_cls(encoder="mlp").default_lr()
     return (
         f"learning rate (default, per method: {'; '.join(rates)}; prefix with --encoder mlp or --no-projection {mlp:g}; "

@@ -117,3 +117,32 @@ def test_lr_help_names_each_methods_default():
     for m in all_methods():
         spec = get_method(m)
         assert f"{(spec.aliases or (spec.name,))[0]} {spec.config_cls().default_lr():g}" in said, (m, said)
+
+
+def test_lr_help_survives_methods_without_a_default_rate():
+    """Every command builds the parser, so a registered method whose config needs arguments, or has no
+    ``default_lr()`` (the toy of test_third_method.py), must not break ``edgeprompt --help`` nor any other command."""
+    from dataclasses import dataclass, field
+
+    from edgeprompt.cli import build_parser
+    from edgeprompt.core.methods import MethodSpec, PromptLearningConfig, register_method, unregister_method
+
+    @dataclass
+    class NeedsRank(PromptLearningConfig):
+        rank: int = field(kw_only=True)  # required: NeedsRank() raises TypeError
+
+    class NeedsRankSpec(MethodSpec):
+        name, aliases, config_cls = "needs_rank", ("ranked",), NeedsRank
+
+    class NoRateSpec(MethodSpec):
+        name, aliases, config_cls = "no_rate", (), PromptLearningConfig  # as the toy's: PromptLearningConfig() raises
+
+    register_method(NeedsRankSpec())
+    register_method(NoRateSpec())
+    try:
+        train = next(a for a in build_parser()._actions if a.dest == "cmd").choices["train"]
+        said = next(a for a in train._actions if a.dest == "lr").help
+    finally:
+        unregister_method("needs_rank")
+        unregister_method("no_rate")
+    assert "ranked its config's default_lr()" in said and "no_rate its config's default_lr()" in said and "prompt 0.1" in said, said
