@@ -41,6 +41,7 @@ def main() -> None:
     ap.add_argument("--mlp-lr-ratio", type=float, nargs="+", default=[1e-3], help="prefix only")
     ap.add_argument("--steps", type=int, default=None, help="default: 120 on the tweets, adapted to the data on the others")
     ap.add_argument("--eval-every", type=int, default=40)
+    ap.add_argument("--balance", choices=["weights", "none"], default=None, help="small datasets only; default: auto (class weights when skewed)")
     ap.add_argument("--dataset", choices=["tweets", "sms-spam", "drug-reviews"], default="tweets")
     ap.add_argument("--seed", type=int, default=0, help="split and training seed (small datasets)")
     ap.add_argument("--threads", type=int, default=None)
@@ -53,6 +54,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if args.dataset != "tweets":
         return small(args)
+    if args.balance:
+        ap.error("--balance is for the small datasets; the tweets sweep trains with balance=auto")
     args.max_length = args.max_length or [96]
     args.steps = args.steps or 120
     args.out = args.out or str(HERE / "sweep.md")
@@ -122,7 +125,7 @@ def small(args) -> None:
     from quality import DATASETS
 
     from edgeprompt.core.methods import get_method
-    from edgeprompt.train.loop import TrainConfig, adapt_to_dataset, train
+    from edgeprompt.train.loop import TrainConfig, adapt_to_dataset, resolved, train
     from edgeprompt.train.models import FrozenLM
 
     lm = FrozenLM.load("default")
@@ -142,6 +145,8 @@ def small(args) -> None:
     cmd = _cmd(args)
     for lr, P, init, bs, ml, encoder, ratio, mcfg in _grid(args, spec_m):
         chosen = {k: v for k, v in (("steps", args.steps), ("max_length", ml)) if v}  # the rest adapts to the data
+        if args.balance:
+            chosen["balance"] = args.balance
         base = TrainConfig(seed=args.seed, batch_size=bs, lr=lr, eval_every=args.eval_every, checkpoint_every=10**9, **chosen)
         tcfg, _ = adapt_to_dataset(lm, data, base, {"eval_every", *chosen})
         t0 = time.perf_counter()
@@ -150,6 +155,8 @@ def small(args) -> None:
         f1s = [h["dev"]["macro_f1"] for h in res.history if "dev" in h]
         curve = ", ".join(f"{h['step']}:{h['dev']['macro_f1']:.3f}/{h['dev']['accuracy']:.2f}" for h in res.history if "dev" in h)
         label = f"{args.method} ({encoder}, mlp lr x{ratio:g})" if encoder else args.method
+        if resolved(tcfg, data)[0] == "none":
+            label += ", no class weights"
         row = (
             f"| {args.dataset} | {args.seed} | {label} | {lr:g} | {P} | {bs} | {tcfg.max_length} | {tcfg.steps} | {curve} | {max(f1s):.3f} "
             f"| {sum(f1s[-3:]) / len(f1s[-3:]):.3f} | {wall:.0f} | {torch.get_num_threads()} | `{cmd}` |\n"
