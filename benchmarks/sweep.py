@@ -47,6 +47,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=None, help="default: benchmarks/sweep.md (tweets), benchmarks/sweep_small.md (others)")
     args = ap.parse_args()
+    if args.balance and args.dataset == "tweets":
+        ap.error("--balance is for the small datasets; the tweets sweep trains with balance=auto")
 
     import torch
 
@@ -54,8 +56,6 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if args.dataset != "tweets":
         return small(args)
-    if args.balance:
-        ap.error("--balance is for the small datasets; the tweets sweep trains with balance=auto")
     args.max_length = args.max_length or [96]
     args.steps = args.steps or 120
     args.out = args.out or str(HERE / "sweep.md")

@@ -189,8 +189,7 @@ def format_reports(spec: TaskSpec, reports: tuple, zero_shot_calibration: str | 
             out += "\n" + zs.format("zero-shot: ")
         if zsc is not None:
             out += "\n" + zsc.format(f"zero-shot, calibrated{f' ({zero_shot_calibration})' if zero_shot_calibration else ''}: ")
-        bases = {"raw": zs, "calibrated": zsc}
-        bases = {k: r for k, r in bases.items() if r is not None}
+        bases = {k: r for k, r in (("raw", zs), ("calibrated", zsc)) if r is not None}
         if bases:  # each metric against the baseline that is best at it: calibration often trades accuracy for macro-F1
             acc = max(bases, key=lambda k: bases[k].accuracy)
             f1 = max(bases, key=lambda k: bases[k].macro_f1)
