@@ -137,7 +137,9 @@ def lora_train(lm_dir: str, data, budget_s: float, seed: int = 0, r: int = 8):
     return lm, step, adapter_bytes
 
 
-def run_one(lm, lm_dir: str, name: str, method: str, seed: int, variant: str, work: Path, peft: bool) -> dict:
+def run_one(lm, lm_dir: str, name: str, method: str, seed: int, variant: str, work: Path, peft: bool, steps: int | None = None) -> dict:
+    """One arm on one split; ``steps`` (*after* only) fixes the training steps as ``edgeprompt train --steps`` does,
+    the rest still adapting to the data (dev is then scored every ``eval_every`` steps, the default 40)."""
     from edgeprompt.core.bank import PromptBank
     from edgeprompt.core.methods import get_method
     from edgeprompt.train.loop import TrainConfig, adapt_to_dataset
@@ -147,7 +149,7 @@ def run_one(lm, lm_dir: str, name: str, method: str, seed: int, variant: str, wo
     data, load_args = DATASETS[name](seed, after)
     m = get_method(method + ("_tuning" if not method.endswith("_tuning") else ""))
     if after:
-        cfg, notes = adapt_to_dataset(lm, data, TrainConfig(seed=seed))
+        cfg, notes = adapt_to_dataset(lm, data, TrainConfig(seed=seed, **({"steps": steps} if steps else {})), {"steps"} if steps else set())
     else:
         cfg, notes = TrainConfig(seed=seed, balance="none", select="accuracy", calibration="off"), []
     bank = PromptBank(work / f"bank-{name}-{seed}-{variant}")
@@ -160,6 +162,7 @@ def run_one(lm, lm_dir: str, name: str, method: str, seed: int, variant: str, wo
         "seed": seed,
         "variant": variant,
         "steps": cfg.steps,
+        "steps_given": steps if after else None,
         "notes": notes,
         "wall_s": round(wall, 1),
         "test": summary["test"],
@@ -191,6 +194,13 @@ def kept_calibration(run: dict) -> str:
     return ("content_free" if kept else "none") if isinstance(kept, bool) else (kept or "none")
 
 
+def _after_groups(runs: list[dict]) -> list[tuple[str, list[dict]]]:
+    """The *after* runs by their step count: the adapted default (``steps_given`` unset) first, then each
+    ``--steps`` the benchmark was given, labelled with it."""
+    given = sorted({r.get("steps_given") or 0 for r in runs if r["variant"] == "after"})
+    return [("" if g == 0 else f", {g} steps", [r for r in runs if r["variant"] == "after" and (r.get("steps_given") or 0) == g]) for g in given]
+
+
 def _methods(names) -> str:
     return ", ".join(sorted(set(names))) or "-"
 
@@ -202,10 +212,13 @@ def targets(runs: list[dict]) -> str:
         "| dataset | method | accuracy (target: majority + 0.10) | macro-F1 (target: zero-shot + 0.25, raw / calibrated) | every label | met |",
         "|---|---|---|---|---|---|",
     ]
-    for ds, method in sorted({(r["dataset"], r["method"]) for r in runs if r["variant"] == "after"}):
-        after = [r for r in runs if r["dataset"] == ds and r["method"] == method and r["variant"] == "after"]
+    for ds, method, label, after in (
+        (ds, method, label, after)
+        for ds, method in sorted({(r["dataset"], r["method"]) for r in runs if r["variant"] == "after"})
+        for label, after in _after_groups([r for r in runs if r["dataset"] == ds and r["method"] == method])
+    ):
 
-        def mean(key, metric):
+        def mean(key, metric, after=after):
             return statistics.fmean(r[key][metric] for r in after)
 
         acc, f1 = mean("test", "accuracy"), mean("test", "macro_f1")
@@ -214,7 +227,7 @@ def targets(runs: list[dict]) -> str:
         every = not any(r["test"].get("never_predicted") for r in after)
         met = acc >= acc_t and f1 >= max(f1_raw, f1_cal) and every
         rows.append(
-            f"| {ds} | {method} | {acc:.3f} ({acc_t:.3f}) | {f1:.3f} ({f1_raw:.3f} / {f1_cal:.3f}) | {'yes' if every else 'no'} | "
+            f"| {ds} | {method}{label} | {acc:.3f} ({acc_t:.3f}) | {f1:.3f} ({f1_raw:.3f} / {f1_cal:.3f}) | {'yes' if every else 'no'} | "
             + ("yes" if met else "no" if acc < acc_t or f1 < min(f1_raw, f1_cal) or not every else "against the raw zero-shot only")
             + " |"
         )
@@ -244,13 +257,14 @@ def table(runs: list[dict]) -> str:
     keys = sorted({(r["dataset"], r["method"]) for r in runs})
     for ds, method in keys:
         rs = [r for r in runs if r["dataset"] == ds and r["method"] == method]
-        after = [r for r in rs if r["variant"] == "after"]
+        groups = _after_groups(rs)
+        after = groups[0][1] if groups else []  # the baselines come from the default runs' splits
         arms = [
             ("before", [r["test"] for r in rs if r["variant"] == "before"]),
-            (f"after ({_methods(kept_calibration(r) for r in after)})", [r["test"] for r in after]),
+            *((f"after{label} ({_methods(kept_calibration(r) for r in g)})", [r["test"] for r in g]) for label, g in groups),
             ("zero-shot", [r["zero_shot"] for r in after]),
             (f"zero-shot calibrated ({_methods(r.get('zero_shot_calibration') or 'content_free' for r in after)})", [r["zero_shot_calibrated"] for r in after]),
-            ("majority class", [r["majority"] for r in rs if r["variant"] == "after"]),
+            ("majority class", [r["majority"] for r in after]),
             (f"PEFT, same wall time ({_steps(rs, 'peft')})", [r["peft"]["test"] for r in rs if "peft" in r]),
             (f"PEFT LoRA r=8, same wall time ({_steps(rs, 'lora')})", [r["lora"]["test"] for r in rs if "lora" in r]),
         ]
@@ -271,6 +285,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--variants", nargs="+", default=["before", "after"], choices=["before", "after"])
     ap.add_argument("--no-peft", action="store_true", help="skip the PEFT and LoRA arms")
+    ap.add_argument("--steps", type=int, default=None, help="train the *after* arm this many steps (default: adapted to the data); its rows say so")
     ap.add_argument("--model", default="default")
     ap.add_argument("--json", default=str(HERE / "quality.json"))
     ap.add_argument("--md", default=str(HERE / "quality.md"))
@@ -289,7 +304,7 @@ def main(argv=None) -> int:
             for seed in args.seeds:
                 for variant in args.variants:
                     lm = FrozenLM.load(lm_dir)
-                    r = run_one(lm, lm_dir, name, method, seed, variant, work, peft=not args.no_peft)
+                    r = run_one(lm, lm_dir, name, method, seed, variant, work, peft=not args.no_peft, steps=args.steps)
                     runs.append(r)
                     print(
                         f"{name} {method} seed {seed} {variant}: accuracy {r['test']['accuracy']:.3f}, macro-F1 {r['test']['macro_f1']:.3f} ({r['wall_s']:.0f} s)",
