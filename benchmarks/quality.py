@@ -57,10 +57,13 @@ def _from_rows(name: str, rows: list[tuple[str, str]], spec, seed: int, stratify
 
     path = Path(tempfile.gettempdir()) / "edgeprompt-quality-data" / f"{name}.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    # a temporary name, then a rename: two runs side by side (one per seed) read whole files, never a half-written one
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{name}-", suffix=".csv")
+    with open(fd, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["text", "label"])
         w.writerows(rows)
+    Path(tmp).replace(path)
     args = {"source": str(path), "seed": seed, "dev": dev, "test": test, "stratify": stratify}
     return load_file(path, spec=spec, seed=seed, dev=dev, test=test, stratify=stratify), args
 
