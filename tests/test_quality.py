@@ -324,3 +324,30 @@ def test_gains_are_measured_against_the_baseline_best_at_each_metric():
     assert f"{100 * (task.accuracy - raw.accuracy):+.1f} accuracy points over the zero-shot's best (raw, 80.0%)" in line, line
     assert f"{task.macro_f1 - cal.macro_f1:+.3f} macro-F1 over its best (calibrated, {cal.macro_f1:.3f})" in line, line
     assert cal.accuracy < raw.accuracy and cal.macro_f1 > raw.macro_f1  # the two baselines each win one metric
+
+
+def test_the_quality_benchmark_gives_runs_with_fixed_steps_their_own_rows():
+    """``benchmarks/quality.py --steps 400``: those runs are a row of their own in both tables (a 400-step mean
+    folded into the 200-step one would hide which settings scored what), and the zero-shot and majority rows come
+    from the default runs alone (one entry per split, not one per run on it)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import quality
+
+    def run(seed, acc, steps_given=None):
+        rep = {"accuracy": acc, "macro_f1": acc - 0.2, "never_predicted": []}
+        base = {"accuracy": 0.5, "macro_f1": 0.3, "never_predicted": []}
+        return {
+            "dataset": "d", "method": "prefix", "seed": seed, "variant": "after", "steps": steps_given or 200,
+            "steps_given": steps_given, "test": rep, "zero_shot": base, "zero_shot_calibrated": base,
+            "majority": {"accuracy": 0.6, "macro_f1": 0.25}, "training": {"calibration": {"kept": "none"}},
+        }  # fmt: skip
+
+    runs = [run(0, 0.7), run(1, 0.8), run(0, 0.9, steps_given=400)]
+    rows = quality.table(runs).splitlines()[2:]
+    assert [r.split(" | ")[2:5] for r in rows][:2] == [["after (none)", "2", "0.750 ± 0.100"], ["after, 400 steps (none)", "1", "0.900"]]
+    assert all(r.split(" | ")[3] == "2" for r in rows[2:])  # zero-shot, calibrated, majority: the two default splits
+    targets = [r.split(" | ")[1:3] for r in quality.targets(runs).splitlines()[2:]]
+    assert targets == [["prefix", "0.750 (0.700)"], ["prefix, 400 steps", "0.900 (0.700)"]]
