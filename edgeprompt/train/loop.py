@@ -53,8 +53,9 @@ class TrainConfig:
     eval_examples: int = 200  # dev examples per evaluation
     checkpoint_every: int = 50
     seed: int = 0
-    # class weights in the loss: auto (when the labels are skewed), weights, none. Without them, drug reviews' best dev
-    # macro-F1 was 0.03 higher on seed 0 for both methods, inside 100 dev rows' noise (benchmarks/sweep_small.md): kept
+    # class weights in the loss: auto (when the labels are skewed), weights, none. Without them, prefix tuning on drug
+    # reviews (seeds 0-2, benchmarks/sweep_small.md) had the same best dev macro-F1 (0.634 against 0.635) and a lower
+    # mean of the last three scores (0.575 against 0.609): kept
     balance: str = "auto"
     select: str = "auto"  # the dev metric that picks the kept state: auto (macro-F1 when skewed), accuracy, macro_f1
     calibration: str = "auto"  # label-prior correction: auto (the best on dev, or none), content_free, train_prior, on, off
