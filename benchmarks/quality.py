@@ -204,6 +204,10 @@ def _after_groups(runs: list[dict]) -> list[tuple[str, list[dict]]]:
     return [("" if g == 0 else f", {g} steps", [r for r in runs if r["variant"] == "after" and (r.get("steps_given") or 0) == g]) for g in given]
 
 
+def _mean(runs: list[dict], key: str, metric: str) -> float:
+    return statistics.fmean(r[key][metric] for r in runs)
+
+
 def _methods(names) -> str:
     return ", ".join(sorted(set(names))) or "-"
 
@@ -215,18 +219,11 @@ def targets(runs: list[dict]) -> str:
         "| dataset | method | accuracy (target: majority + 0.10) | macro-F1 (target: zero-shot + 0.25, raw / calibrated) | every label | met |",
         "|---|---|---|---|---|---|",
     ]
-    for ds, method, label, after in (
-        (ds, method, label, after)
-        for ds, method in sorted({(r["dataset"], r["method"]) for r in runs if r["variant"] == "after"})
-        for label, after in _after_groups([r for r in runs if r["dataset"] == ds and r["method"] == method])
-    ):
-
-        def mean(key, metric, after=after):
-            return statistics.fmean(r[key][metric] for r in after)
-
-        acc, f1 = mean("test", "accuracy"), mean("test", "macro_f1")
-        acc_t = mean("majority", "accuracy") + 0.10
-        f1_raw, f1_cal = mean("zero_shot", "macro_f1") + 0.25, mean("zero_shot_calibrated", "macro_f1") + 0.25
+    keys = sorted({(r["dataset"], r["method"]) for r in runs if r["variant"] == "after"})
+    for (ds, method), (label, after) in ((k, g) for k in keys for g in _after_groups([r for r in runs if (r["dataset"], r["method"]) == k])):
+        acc, f1 = _mean(after, "test", "accuracy"), _mean(after, "test", "macro_f1")
+        acc_t = _mean(after, "majority", "accuracy") + 0.10
+        f1_raw, f1_cal = _mean(after, "zero_shot", "macro_f1") + 0.25, _mean(after, "zero_shot_calibrated", "macro_f1") + 0.25
         every = not any(r["test"].get("never_predicted") for r in after)
         met = acc >= acc_t and f1 >= max(f1_raw, f1_cal) and every
         rows.append(

@@ -326,14 +326,13 @@ def test_gains_are_measured_against_the_baseline_best_at_each_metric():
     assert cal.accuracy < raw.accuracy and cal.macro_f1 > raw.macro_f1  # the two baselines each win one metric
 
 
-def test_the_quality_benchmark_gives_runs_with_fixed_steps_their_own_rows():
+def test_the_quality_benchmark_gives_runs_with_fixed_steps_their_own_rows(monkeypatch):
     """``benchmarks/quality.py --steps 400``: those runs are a row of their own in both tables (a 400-step mean
     folded into the 200-step one would hide which settings scored what), and the zero-shot and majority rows come
     from the default runs alone (one entry per split, not one per run on it)."""
-    import sys
     from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import quality
 
     def run(seed, acc, steps_given=None):
