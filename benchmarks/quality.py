@@ -265,8 +265,12 @@ def table(runs: list[dict]) -> str:
             ("zero-shot", [r["zero_shot"] for r in after]),
             (f"zero-shot calibrated ({_methods(r.get('zero_shot_calibration') or 'content_free' for r in after)})", [r["zero_shot_calibrated"] for r in after]),
             ("majority class", [r["majority"] for r in after]),
-            (f"PEFT, same wall time ({_steps(rs, 'peft')})", [r["peft"]["test"] for r in rs if "peft" in r]),
-            (f"PEFT LoRA r=8, same wall time ({_steps(rs, 'lora')})", [r["lora"]["test"] for r in rs if "lora" in r]),
+            # the peers train for the seconds of the *after* run beside them: one row per steps group, as *after* has
+            *(
+                (f"{name}{label}, same wall time ({_steps(g, arm)})", [r[arm]["test"] for r in g if arm in r])
+                for arm, name in (("peft", "PEFT"), ("lora", "PEFT LoRA r=8"))
+                for label, g in groups
+            ),
         ]
         for arm, reps in arms:
             if not reps:

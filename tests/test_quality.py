@@ -350,3 +350,31 @@ def test_the_quality_benchmark_gives_runs_with_fixed_steps_their_own_rows(monkey
     assert all(r.split(" | ")[3] == "2" for r in rows[2:])  # zero-shot, calibrated, majority: the two default splits
     targets = [r.split(" | ")[1:3] for r in quality.targets(runs).splitlines()[2:]]
     assert targets == [["prefix", "0.750 (0.700)"], ["prefix, 400 steps", "0.900 (0.700)"]]
+
+
+def test_the_quality_benchmark_keeps_each_steps_group_s_peft_arms_apart(monkeypatch):
+    """PEFT and LoRA train for the seconds of the *after* run beside them, so a ``--steps 400`` run's peers had
+    twice the time of a default run's: each steps group gets its own PEFT and LoRA rows, as *after* does."""
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import quality
+
+    def run(seed, peft_acc, steps_given=None):
+        base = {"accuracy": 0.5, "macro_f1": 0.3, "never_predicted": []}
+        peer = {"accuracy": peft_acc, "macro_f1": 0.4, "never_predicted": []}
+        return {
+            "dataset": "d", "method": "prompt", "seed": seed, "variant": "after", "steps": steps_given or 200,
+            "steps_given": steps_given, "test": base, "zero_shot": base, "zero_shot_calibrated": base,
+            "majority": base, "training": {"calibration": {"kept": "none"}},
+            "peft": {"steps": 10, "test": peer}, "lora": {"steps": 5, "adapter_bytes": 4096, "test": peer},
+        }  # fmt: skip
+
+    runs = [run(0, 0.6), run(1, 0.7), run(0, 0.9, steps_given=400)]
+    peers = {r.split(" | ")[2]: r.split(" | ")[3:5] for r in quality.table(runs).splitlines()[2:] if "PEFT" in r}
+    assert peers == {
+        "PEFT, same wall time (10 steps, ours 200)": ["2", "0.650 ± 0.100"],
+        "PEFT, 400 steps, same wall time (10 steps, ours 400)": ["1", "0.900"],
+        "PEFT LoRA r=8, same wall time (5 steps, ours 200; 4 KiB a task)": ["2", "0.650 ± 0.100"],
+        "PEFT LoRA r=8, 400 steps, same wall time (5 steps, ours 400; 4 KiB a task)": ["1", "0.900"],
+    }
