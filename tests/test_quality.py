@@ -173,6 +173,31 @@ def test_train_raises_max_length_for_long_texts_and_says_so(tiny_model_dir, tmp_
     assert "max length" not in r.stderr and PromptBank(bank).task("given").manifest[TaskKeys.TRAINING]["train_config"]["max_length"] == 64
 
 
+def test_model_selection_scores_dev_texts_whole_as_eval_does(tiny_lm):
+    """Training cuts texts at ``max_length`` for speed; the dev scores that pick the kept state read them whole,
+    as eval, calibration and the runtimes do (drug reviews, seed 0: 2 of 100 dev texts were longer than the cut).
+    A generation task's dev NLL shows the difference: a random tiny model answers a classification the same
+    whatever the text's length."""
+    from edgeprompt.core.data import Dataset
+    from edgeprompt.core.methods import get_method
+    from edgeprompt.core.tasks import TaskSpec
+    from edgeprompt.methods.prompt_tuning import PromptTuningConfig
+    from edgeprompt.train.loop import TrainConfig, _make_module, _Run
+    from edgeprompt.train.scoring import evaluate
+
+    rows = [Example("and more " * (10 + i % 20) + text, f"it is {lab}") for i, (text, lab) in enumerate(make_sentences(30))]
+    data = Dataset("long", TaskSpec(kind="generation", template="Q: {text}\nA:"), rows[:20], rows[20:], [], "test")
+    cfg = TrainConfig(max_length=24)
+    module = _make_module(tiny_lm, data, get_method("prompt_tuning"), PromptTuningConfig(num_virtual_tokens=2), cfg)
+    run = _Run(tiny_lm, data, module, cfg, 0.1)
+    run.evaluate_dev()
+    with torch.no_grad():
+        whole = evaluate(tiny_lm, module.kv(tiny_lm), data.spec, run.dev)
+        cut = evaluate(tiny_lm, module.kv(tiny_lm), data.spec, run.dev, cfg.max_length)
+    assert whole["nll"] != cut["nll"]  # the cut changes the scores: the check below can tell the two apart
+    assert run.loop["history"][-1]["dev"] == whole and run.loop["best_dev"] == whole
+
+
 def test_sequence_lengths_are_what_training_encodes_uncut(tiny_lm):
     from edgeprompt.core.tasks import TaskSpec
     from edgeprompt.train.batching import Encoder, sequence_lengths
@@ -378,3 +403,4 @@ def test_the_quality_benchmark_keeps_each_steps_group_s_peft_arms_apart(monkeypa
         "PEFT LoRA r=8, same wall time (5 steps, ours 200; 4 KiB a task)": ["2", "0.650 ± 0.100"],
         "PEFT LoRA r=8, 400 steps, same wall time (5 steps, ours 400; 4 KiB a task)": ["1", "0.900"],
     }
+

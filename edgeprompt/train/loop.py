@@ -345,13 +345,15 @@ class _Run:
         self.loop["loss_ema"] = loss.item() if ema is None else 0.9 * ema + 0.1 * loss.item()
 
     def evaluate_dev(self) -> None:
-        """Score the dev split; keep these weights if they are the best so far."""
+        """Score the dev split; keep these weights if they are the best so far. Dev texts are read whole, as
+        eval, the calibration pass and the runtimes read them: training's cut (``max_length``) is for speed, and
+        a state picked on cut texts is picked on inputs no user sends."""
         history = self.loop["history"]
         history.append({"step": self.step})
         if not self.dev:
             return
         with torch.no_grad():
-            report = evaluate(self.lm, self.module.kv(self.lm), self.data.spec, self.dev, self.config.max_length)
+            report = evaluate(self.lm, self.module.kv(self.lm), self.data.spec, self.dev)
         history[-1]["dev"] = report_dict(report)
         score = dev_score(report, self.select)  # unrounded: ties and tiny NLL changes compare exactly
         if self.loop["best_score"] is None or score > self.loop["best_score"]:
