@@ -282,6 +282,24 @@ def table(runs: list[dict]) -> str:
     return "\n".join(rows)
 
 
+def source_commit() -> str | None:
+    """The commit the benchmark runs from (``+dirty`` when tracked files differ from it), or None outside a git
+    checkout: each run records it, so a run on defaults since changed can be told by its code, not its date."""
+    import subprocess
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(HERE), *args], capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        if Path(git("rev-parse", "--show-toplevel")).resolve() != HERE.parent:  # a copy of the tree inside another repository
+            return None
+        sha = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return sha + ("+dirty" if dirty else "")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
@@ -303,12 +321,14 @@ def main(argv=None) -> int:
     # --append keeps the file's other keys (``superseded``: runs on defaults since changed, cited in quality.md's prose)
     record = json.loads(Path(args.json).read_text()) if args.append and Path(args.json).exists() else {}
     runs = record.get("runs", [])
+    commit = source_commit()
     for name in args.datasets:
         for method in args.methods:
             for seed in args.seeds:
                 for variant in args.variants:
                     lm = FrozenLM.load(lm_dir)
                     r = run_one(lm, lm_dir, name, method, seed, variant, work, peft=not args.no_peft, steps=args.steps)
+                    r["commit"] = commit
                     runs.append(r)
                     print(
                         f"{name} {method} seed {seed} {variant}: accuracy {r['test']['accuracy']:.3f}, macro-F1 {r['test']['macro_f1']:.3f} ({r['wall_s']:.0f} s)",

@@ -404,3 +404,40 @@ def test_the_quality_benchmark_keeps_each_steps_group_s_peft_arms_apart(monkeypa
         "PEFT LoRA r=8, 400 steps, same wall time (5 steps, ours 400; 4 KiB a task)": ["1", "0.900"],
     }
 
+
+def test_the_quality_benchmark_records_the_commit_it_ran_from(tmp_path, monkeypatch):
+    """Each run says which code produced it (``+dirty`` for uncommitted changes, None for a copy outside git), so
+    a run on defaults since changed is found by its commit rather than by the date in the prose."""
+    import subprocess
+    from pathlib import Path
+
+    source = Path(__file__).resolve().parents[1] / "benchmarks" / "quality.py"
+    repo = tmp_path / "repo"
+    (repo / "benchmarks").mkdir(parents=True)
+    shutil.copy(source, repo / "benchmarks" / "quality.py")
+    outside = tmp_path / "copy" / "benchmarks"
+    outside.mkdir(parents=True)
+    shutil.copy(source, outside / "quality.py")
+
+    def git(*args):
+        return subprocess.run(
+            ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args], capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    def commit_of(folder):
+        import importlib.util
+        import sys
+
+        monkeypatch.setattr(sys, "path", sys.path[:])  # the module puts its folder on the path: undone after the test
+        spec = importlib.util.spec_from_file_location("quality_copy", folder / "quality.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.source_commit()
+
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "x")
+    assert commit_of(repo / "benchmarks") == git("rev-parse", "HEAD")
+    (repo / "benchmarks" / "quality.py").write_text(source.read_text() + "\n# changed\n")
+    assert commit_of(repo / "benchmarks") == git("rev-parse", "HEAD") + "+dirty"
+    assert commit_of(outside) is None
