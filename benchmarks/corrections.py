@@ -1,5 +1,5 @@
 """Test scores of a task a ``benchmarks/quality.py`` run saved, under each label-prior correction: none,
-``content_free`` and ``train_prior`` (recomputed from the saved prompt, as training computes them). A diagnostic of
+``content_free`` and ``train_prior`` (recomputed from the saved prompt by training's own ``choose_calibration``). A diagnostic of
 the correction ``--calibration auto`` kept on dev, never a selection: it reads the test split.
 
     python benchmarks/corrections.py /tmp/edgeprompt-quality-XXXX/bank-drug-reviews-3-after drug-reviews-prompt --dataset drug-reviews --seed 3
@@ -30,32 +30,21 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="default")
     args = ap.parse_args(argv)
 
-    import numpy as np
-    import torch
-
     from edgeprompt.core.bank import PromptBank
-    from edgeprompt.core.metrics import classification_report
-    from edgeprompt.train.batching import Encoder
-    from edgeprompt.train.forward import prefix_length
     from edgeprompt.train.models import FrozenLM, resolve_model_dir
-    from edgeprompt.train.scoring import content_free_calibration, label_logprobs, train_prior_calibration
-    from edgeprompt.train.workflows import task_kv
+    from edgeprompt.train.workflows import choose_calibration, task_kv
 
     lm = FrozenLM.load(str(resolve_model_dir(args.model)))
     data, _ = quality.DATASETS[args.dataset](args.seed, True)
     task = PromptBank(args.bank).task(args.task)
     kept = task.spec.calibration.method if task.spec.calibration is not None else "none"
-    spec = replace(task.spec, calibration=None)
-    with torch.no_grad():
-        kv = task_kv(lm, task)
-        scores = label_logprobs(lm, kv, Encoder(lm, spec, None, prefix_len=prefix_length(kv)), data.test)  # [N, K], texts whole
-        corrections = {"none": None, "content_free": content_free_calibration(lm, kv, spec), "train_prior": train_prior_calibration(lm, kv, spec, data.train)}
-    gold = np.array([spec.labels.index(ex.label) for ex in data.test])
-    print(f"{args.task} ({args.dataset}, seed {args.seed}, {len(gold)} test rows); kept on dev: {kept}")
-    for name, cal in corrections.items():
-        rep = classification_report(gold, replace(spec, calibration=cal).decide(scores).argmax(1), spec.labels)
-        recall = ", ".join(f"{lab} {r:.0%}" for lab, r in rep.per_label_recall.items())
-        print(f"  {name:13s}{' (kept)' if name == kept else '       '} accuracy {rep.accuracy:.1%}, macro-F1 {rep.macro_f1:.3f}; recall {recall}")
+    # training's own candidates (every correction the data allows), measured on the test split in place of dev
+    _, rec = choose_calibration(lm, task_kv(lm, task), replace(task.spec, calibration=None), data.test, "macro_f1", "auto", data.train)
+    reports = {"none": rec["dev_without"], **{name: c["dev"] for name, c in rec["candidates"].items()}}
+    print(f"{args.task} ({args.dataset}, seed {args.seed}, {len(data.test)} test rows); kept on dev: {kept}")
+    for name, rep in reports.items():
+        recall = ", ".join(f"{lab} {r:.0%}" for lab, r in rep["per_label_recall"].items())
+        print(f"  {name:13s}{' (kept)' if name == kept else '       '} accuracy {rep['accuracy']:.1%}, macro-F1 {rep['macro_f1']:.3f}; recall {recall}")
     return 0
 
 
