@@ -1,6 +1,6 @@
 """Test scores of a task a ``benchmarks/quality.py`` run saved, under each label-prior correction: none,
-``content_free`` and ``train_prior`` (recomputed from the saved prompt by training's own ``choose_calibration``). A diagnostic of
-the correction ``--calibration auto`` kept on dev, never a selection: it reads the test split.
+``content_free`` and ``train_prior`` (recomputed from the saved prompt by training's own ``choose_calibration``).
+A diagnostic of the correction ``--calibration auto`` kept on dev, never a selection: it reads the test split.
 
     python benchmarks/corrections.py /tmp/edgeprompt-quality-XXXX/bank-drug-reviews-3-after drug-reviews-prompt --dataset drug-reviews --seed 3
 
