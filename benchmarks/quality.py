@@ -13,8 +13,10 @@ beside it), so the figures differ only by training and calibration.
 
     python benchmarks/quality.py --datasets tweets --seeds 0 1 2 [--methods prompt prefix] [--no-peft]
 
-Writes ``benchmarks/quality.json`` (every run) and ``benchmarks/quality.md`` (the table: mean and spread
-over seeds). SmolLM2-135M (the embedded default); 2 CPU cores take about 10 minutes per 200-step run.
+Writes ``benchmarks/quality.json`` (every run) and ``benchmarks/quality.md`` (the tables: mean and spread over
+seeds, the targets, each run). With ``--append`` the new runs join those in the file and the tables are rebuilt
+where they stand, the prose around them kept; ``--render`` only rebuilds them from the json. SmolLM2-135M (the
+embedded default); 2 CPU cores take about 10 minutes per 200-step run.
 """
 
 from __future__ import annotations
@@ -282,6 +284,82 @@ def table(runs: list[dict]) -> str:
     return "\n".join(rows)
 
 
+def _margin(run: dict) -> str:
+    """The kept correction and its dev margin over none on the selection metric (``+0.0000``: a tie, kept as
+    ``--calibration auto`` keeps a correction on a tie); with none kept, the best candidate's shortfall."""
+    cal = run.get("training", {}).get("calibration") or {}
+    without, cands = cal.get("dev_without"), {m: c["dev"] for m, c in (cal.get("candidates") or {}).items() if "dev" in c}
+    kept = kept_calibration(run)
+    if not without or not cands:
+        return kept if run["variant"] == "after" else "-"
+    metric = cal.get("select") or "macro_f1"
+    if kept != "none":
+        return f"{kept} {cands[kept][metric] - without[metric]:+.4f}"
+    best = max(cands, key=lambda m: cands[m][metric])
+    return f"none (best: {best} {cands[best][metric] - without[metric]:+.4f})"
+
+
+def per_run(runs: list[dict]) -> str:
+    """One row per run, the figures the means above are made of: the state kept (step), the correction kept and
+    its dev margin, the test scores of ours and of the peers beside it, and the commit it ran from."""
+    rows = [
+        "| dataset | method | seed | arm | steps (kept) | correction, dev margin over none | accuracy | macro-F1 | PEFT | LoRA | commit |",
+        "|---|---|---:|---|---|---|---:|---:|---|---|---|",
+    ]
+
+    def pair(rep):
+        return f"{rep['accuracy']:.3f} / {rep['macro_f1']:.3f}"
+
+    key = lambda r: (r["dataset"], r["method"], r["variant"] != "before", r.get("steps_given") or 0, r["seed"])  # noqa: E731
+    for r in sorted(runs, key=key):
+        arm = r["variant"] + (f", {r['steps_given']} steps" if r.get("steps_given") else "")
+        best = r.get("training", {}).get("best_step")
+        peers = [pair(r[a]["test"]) + f" ({r[a]['steps']} steps)" if a in r else "-" for a in ("peft", "lora")]
+        rows.append(
+            f"| {r['dataset']} | {r['method']} | {r['seed']} | {arm} | {r['steps']} ({best if best is not None else '-'}) | {_margin(r)} | "
+            f"{r['test']['accuracy']:.3f} | {r['test']['macro_f1']:.3f} | {peers[0]} | {peers[1]} | {(r.get('commit') or '-')[:7]} |"
+        )
+    return "\n".join(rows)
+
+
+#: quality.md's tables, each found by its header row and introduced by its line when a file lacks it.
+TABLES = (
+    ("| dataset | method | arm |", "Mean ± range over seeds:", table),
+    ("| dataset | method | accuracy (target", "The issue's targets, on the mean *after* run (target in brackets):", targets),
+    ("| dataset | method | seed |", "Each run (steps: trained, and the step kept on dev; PEFT and LoRA: accuracy / macro-F1 at the same wall time):", per_run),
+)
+
+
+def render(runs: list[dict], md: str = "") -> str:
+    """``quality.md`` with every table rebuilt from ``runs`` where it stands and the prose around them kept; a
+    table the file lacks goes at its end, and an empty ``md`` gives a new file with the tables alone."""
+    new_file = ["# Task quality on small, skewed data", "", "Written by `benchmarks/quality.py` (see its docstring for the arms)."]
+    lines = md.split("\n") if md.strip() else new_file
+    out, seen, i = [], set(), 0
+    while i < len(lines):
+        which = next((k for k, (head, _, _) in enumerate(TABLES) if lines[i].startswith(head)), None)
+        if which is None:
+            out.append(lines[i])
+            i += 1
+            continue
+        while i < len(lines) and lines[i].startswith("|"):
+            i += 1
+        out.extend(TABLES[which][2](runs).split("\n"))
+        seen.add(which)
+    while out and not out[-1].strip():
+        out.pop()
+    for k, (_, intro, build) in enumerate(TABLES):
+        if k not in seen:
+            out += ["", intro, "", *build(runs).split("\n")]
+    return "\n".join(out) + "\n"
+
+
+def _write_md(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)  # a reader never sees half a file, and a failed write leaves the old one
+
+
 def source_commit() -> str | None:
     """The commit the benchmark runs from (``+dirty`` when tracked files differ from it), or None outside a git
     checkout: each run records it, so a run on defaults since changed can be told by its code, not its date."""
@@ -312,7 +390,12 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=str(HERE / "quality.json"))
     ap.add_argument("--md", default=str(HERE / "quality.md"))
     ap.add_argument("--append", action="store_true", help="add to the runs already in --json (the table covers all of them)")
+    ap.add_argument("--render", action="store_true", help="run nothing: rebuild --md's tables from the runs in --json, keeping its prose")
     args = ap.parse_args(argv)
+    if args.render:
+        runs = json.loads(Path(args.json).read_text())["runs"]
+        _write_md(Path(args.md), render(runs, Path(args.md).read_text() if Path(args.md).exists() else ""))
+        return 0
 
     from edgeprompt.train.models import FrozenLM, resolve_model_dir
 
@@ -338,13 +421,9 @@ def main(argv=None) -> int:
                     tmp = Path(args.json + ".tmp")
                     tmp.write_text(json.dumps(record, indent=1) + "\n")
                     tmp.replace(args.json)  # a run killed mid-write leaves the earlier runs intact
-    Path(args.md).write_text(
-        "# Task quality on small, skewed data\n\nWritten by `benchmarks/quality.py` (see its docstring for the arms); mean ± range over seeds.\n\n"
-        + table(runs)
-        + "\n\nThe issue's targets, on the mean *after* run (target in brackets):\n\n"
-        + targets(runs)
-        + "\n"
-    )
+    md = Path(args.md)
+    # with --append the tables are rebuilt where they stand and the prose around them is kept; new runs, a new file
+    _write_md(md, render(runs, md.read_text() if args.append and md.exists() else ""))
     print(table(runs))
     return 0
 

@@ -441,3 +441,39 @@ def test_the_quality_benchmark_records_the_commit_it_ran_from(tmp_path, monkeypa
     (repo / "benchmarks" / "quality.py").write_text(source.read_text() + "\n# changed\n")
     assert commit_of(repo / "benchmarks") == git("rev-parse", "HEAD") + "+dirty"
     assert commit_of(outside) is None
+
+
+def test_the_quality_benchmark_rebuilds_its_tables_in_place_and_keeps_the_prose(monkeypatch):
+    """``quality.py --append``/``--render`` rebuild quality.md's tables where they stand: the prose written around
+    them (what the runs mean) survives a new run, a table the file lacks is added at its end, and each run's row
+    shows the correction kept and its dev margin over none, the figure behind a near-tie."""
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import quality
+
+    def rep(f1):
+        return {"accuracy": 0.7, "macro_f1": f1, "never_predicted": []}
+
+    def run(seed, kept, cf_dev, without_dev):
+        candidates = {"content_free": {"dev": rep(cf_dev)}, "train_prior": {"dev": rep(0.1)}}
+        calibration = {"select": "macro_f1", "kept": kept, "dev_without": rep(without_dev), "candidates": candidates}
+        return {
+            "dataset": "d", "method": "prompt", "seed": seed, "variant": "after", "steps": 200, "steps_given": None,
+            "test": rep(0.5), "zero_shot": rep(0.3), "zero_shot_calibrated": rep(0.3), "majority": rep(0.2),
+            "training": {"calibration": calibration, "best_step": 160}, "commit": "0123456789abcdef",
+        }  # fmt: skip
+
+    runs = [run(0, "content_free", 0.5711, 0.5686), run(1, None, 0.40, 0.55)]
+    md = quality.render(runs[:1], "")
+    heads = [line for line in md.splitlines() if line.startswith("| dataset |")]
+    assert len(heads) == len(quality.TABLES) and all(line.startswith(head) for line, (head, _, _) in zip(heads, quality.TABLES))
+    by_seed = {r.split(" | ")[2]: r.split(" | ")[4:6] for r in quality.per_run(runs).splitlines()[2:]}
+    assert by_seed == {"0": ["200 (160)", "content_free +0.0025"], "1": ["200 (160)", "none (best: content_free -0.1500)"]}
+
+    # prose around the first two tables, the per-run one missing (a file from before it existed)
+    old = "\n".join(["# title", "", "intro", "", quality.table(runs[:1]), "", "between", "", quality.targets(runs[:1]), "", "**Prose.** kept", ""])
+    new = quality.render(runs, old)
+    assert [line for line in new.splitlines() if not line.startswith("|")][:9] == ["# title", "", "intro", "", "", "between", "", "", "**Prose.** kept"]
+    assert quality.table(runs) in new and quality.targets(runs) in new and quality.table(runs[:1]) not in new
+    assert new.rstrip().endswith(quality.per_run(runs)) and quality.render(runs, new) == new  # once added, it stays where it is
