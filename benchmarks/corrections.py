@@ -1,5 +1,5 @@
 """Test scores of a task a ``benchmarks/quality.py`` run saved, under each label-prior correction: none,
-``content_free`` and ``train_prior`` (recomputed from the saved prompt by training's own ``choose_calibration``).
+``content_free`` and ``train_prior`` (each recomputed from the saved prompt by training's own ``choose_calibration``).
 A diagnostic of the correction ``--calibration auto`` kept on dev, never a selection: it reads the test split.
 
     python benchmarks/corrections.py /tmp/edgeprompt-quality-XXXX/bank-drug-reviews-3-after drug-reviews-prompt --dataset drug-reviews --seed 3
@@ -31,6 +31,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from edgeprompt.core.bank import PromptBank
+    from edgeprompt.core.constants import CalibrationMethod
     from edgeprompt.train.models import FrozenLM, resolve_model_dir
     from edgeprompt.train.workflows import choose_calibration, task_kv
 
@@ -38,9 +39,12 @@ def main(argv=None) -> int:
     data, _ = quality.DATASETS[args.dataset](args.seed, True)
     task = PromptBank(args.bank).task(args.task)
     kept = task.spec.calibration.method if task.spec.calibration is not None else "none"
-    # training's own candidates (every correction the data allows), measured on the test split in place of dev
-    _, rec = choose_calibration(lm, task_kv(lm, task), replace(task.spec, calibration=None), data.test, "macro_f1", "auto", data.train)
-    reports = {"none": rec["dev_without"], **{name: c["dev"] for name, c in rec["candidates"].items()}}
+    # each correction training can store, computed as training computes it, measured on the test split in place of dev
+    kv, spec, reports = task_kv(lm, task), replace(task.spec, calibration=None), {}
+    for method in CalibrationMethod:
+        _, rec = choose_calibration(lm, kv, spec, data.test, "macro_f1", method.value, data.train)
+        reports.setdefault("none", rec["dev_without"])
+        reports[method.value] = rec["candidates"][method.value]["dev"]
     print(f"{args.task} ({args.dataset}, seed {args.seed}, {len(data.test)} test rows); kept on dev: {kept}")
     for name, rep in reports.items():
         recall = ", ".join(f"{lab} {r:.0%}" for lab, r in rep["per_label_recall"].items())

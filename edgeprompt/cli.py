@@ -643,7 +643,8 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="label-prior correction, stored in the task and applied everywhere: content_free (the prompt's answer to "
         "texts that say nothing; 'on' is this), train_prior (its mean answer on the training texts against their label "
-        "frequencies), auto (whichever scores best on dev, kept over none on a tie; none without dev examples), off",
+        "frequencies), auto (train_prior, or content_free without training rows, kept when it scores as well as none on "
+        "dev; none without dev examples), off",
     )
     t.add_argument("--checkpoint-every", type=int, default=50)
     t.add_argument("--seed", type=int, default=0)

@@ -58,7 +58,9 @@ class TrainConfig:
     # mean of the last three scores (0.575 against 0.609): kept
     balance: str = "auto"
     select: str = "auto"  # the dev metric that picks the kept state: auto (macro-F1 when skewed), accuracy, macro_f1
-    calibration: str = "auto"  # label-prior correction: auto (the best on dev, or none), content_free, train_prior, on, off
+    # label-prior correction: auto (train_prior, or content_free without training rows, if dev keeps it over none),
+    # content_free, train_prior, on (content_free), off
+    calibration: str = "auto"
 
     def __post_init__(self):
         for name, allowed in (("balance", BALANCE), ("select", SELECT), ("calibration", CALIBRATION)):
