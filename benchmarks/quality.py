@@ -4,7 +4,7 @@ the same wall time, and a PEFT LoRA (r=8) at the same wall time, on several seed
 
 *Before*: the settings of the previous release (unstratified split, unweighted loss, dev accuracy picks the
 kept state, no calibration, 200 steps). *After*: the defaults now (stratified split, ``--balance auto``,
-``--select auto``, ``--calibration auto`` choosing among none, content-free and train-prior on dev, steps and
+``--select auto``, ``--calibration auto`` (train-prior against none on dev; content-free before 4e3f529), steps and
 the training cut adapted to the data). PEFT and LoRA train as ``benchmarks/accuracy.py`` does (unweighted loss on
 the label tokens, texts cut at 96 tokens, the same batches) for our *after* run's training seconds (wall time: on
 cores shared with other work, each arm's share can differ; compare their step counts). Every model is scored by the
@@ -287,16 +287,24 @@ def table(runs: list[dict]) -> str:
 def _margin(run: dict) -> str:
     """The kept correction and its dev margin over none on the selection metric (``+0.0000``: a tie, kept as
     ``--calibration auto`` keeps a correction on a tie); with none kept, the best candidate's shortfall."""
-    cal = run.get("training", {}).get("calibration") or {}
+    cal = (run.get("training") or {}).get("calibration") or {}
     without, cands = cal.get("dev_without"), {m: c["dev"] for m, c in (cal.get("candidates") or {}).items() if "dev" in c}
     kept = kept_calibration(run)
     if not without or not cands:
         return kept if run["variant"] == "after" else "-"
     metric = cal.get("select") or "macro_f1"
     if kept != "none":
-        return f"{kept} {cands[kept][metric] - without[metric]:+.4f}"
+        return f"{kept} {cands[kept][metric] - without[metric]:+.4f}" if kept in cands else kept
     best = max(cands, key=lambda m: cands[m][metric])
     return f"none (best: {best} {cands[best][metric] - without[metric]:+.4f})"
+
+
+def _short(commit: str | None) -> str:
+    """A recorded commit as a table shows it: 7 hex digits, ``+dirty`` kept (uncommitted changes ran)."""
+    if not commit:
+        return "-"
+    sha, _, dirty = commit.partition("+")
+    return sha[:7] + (f"+{dirty}" if dirty else "")
 
 
 def per_run(runs: list[dict]) -> str:
@@ -317,7 +325,7 @@ def per_run(runs: list[dict]) -> str:
         peers = [pair(r[a]["test"]) + f" ({r[a]['steps']} steps)" if a in r else "-" for a in ("peft", "lora")]
         rows.append(
             f"| {r['dataset']} | {r['method']} | {r['seed']} | {arm} | {r['steps']} ({best if best is not None else '-'}) | {_margin(r)} | "
-            f"{r['test']['accuracy']:.3f} | {r['test']['macro_f1']:.3f} | {peers[0]} | {peers[1]} | {(r.get('commit') or '-')[:7]} |"
+            f"{r['test']['accuracy']:.3f} | {r['test']['macro_f1']:.3f} | {peers[0]} | {peers[1]} | {_short(r.get('commit'))} |"
         )
     return "\n".join(rows)
 
@@ -354,12 +362,6 @@ def render(runs: list[dict], md: str = "") -> str:
     return "\n".join(out) + "\n"
 
 
-def _write_md(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)  # a reader never sees half a file, and a failed write leaves the old one
-
-
 def source_commit() -> str | None:
     """The commit the benchmark runs from (``+dirty`` when tracked files differ from it), or None outside a git
     checkout: each run records it, so a run on defaults since changed can be told by its code, not its date."""
@@ -392,9 +394,11 @@ def main(argv=None) -> int:
     ap.add_argument("--append", action="store_true", help="add to the runs already in --json (the table covers all of them)")
     ap.add_argument("--render", action="store_true", help="run nothing: rebuild --md's tables from the runs in --json, keeping its prose")
     args = ap.parse_args(argv)
+    from edgeprompt.core.files import atomic_write_bytes
+
     if args.render:
         runs = json.loads(Path(args.json).read_text())["runs"]
-        _write_md(Path(args.md), render(runs, Path(args.md).read_text() if Path(args.md).exists() else ""))
+        atomic_write_bytes(args.md, render(runs, Path(args.md).read_text() if Path(args.md).exists() else "").encode())
         return 0
 
     from edgeprompt.train.models import FrozenLM, resolve_model_dir
@@ -418,12 +422,10 @@ def main(argv=None) -> int:
                         flush=True,
                     )
                     record.update(machine=platform.processor() or platform.machine(), runs=runs)
-                    tmp = Path(args.json + ".tmp")
-                    tmp.write_text(json.dumps(record, indent=1) + "\n")
-                    tmp.replace(args.json)  # a run killed mid-write leaves the earlier runs intact
+                    atomic_write_bytes(args.json, (json.dumps(record, indent=1) + "\n").encode())  # a run killed mid-write leaves the earlier runs
     md = Path(args.md)
     # with --append the tables are rebuilt where they stand and the prose around them is kept; new runs, a new file
-    _write_md(md, render(runs, md.read_text() if args.append and md.exists() else ""))
+    atomic_write_bytes(md, render(runs, md.read_text() if args.append and md.exists() else "").encode())
     print(table(runs))
     return 0
 
