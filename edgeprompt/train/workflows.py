@@ -17,7 +17,7 @@ from edgeprompt.core.errors import EdgePromptError
 from edgeprompt.core.files import recover_directory
 from edgeprompt.core.methods import get_method
 from edgeprompt.core.metrics import report_dict
-from edgeprompt.core.tasks import INPUT_RULE, Calibration, TaskSpec
+from edgeprompt.core.tasks import INPUT_RULE, TaskSpec
 from edgeprompt.train.loop import TrainConfig, dev_score, label_counts, resolved, train
 from edgeprompt.train.models import FrozenLM
 from edgeprompt.train.scoring import content_free_calibration, evaluate, instruction_kv, train_prior_calibration
@@ -112,32 +112,24 @@ def choose_calibration(lm: FrozenLM, kv, spec: TaskSpec, dev: list[Example], sel
     if mode == "auto" and not dev:
         return spec, {"select": select, "candidates": {}, "kept": None, "why": "no dev examples to measure a correction on"}
     if mode == "auto":
-        wanted = [(CalibrationMethod.TRAIN_PRIOR if train else CalibrationMethod.CONTENT_FREE).value]
+        method = (CalibrationMethod.TRAIN_PRIOR if train else CalibrationMethod.CONTENT_FREE).value
     else:
-        wanted = [CalibrationMethod.CONTENT_FREE.value if mode == "on" else mode]
-    candidates: dict[str, Calibration] = {}
-    for method in wanted:
-        if method == CalibrationMethod.CONTENT_FREE.value:
-            candidates[method] = content_free_calibration(lm, kv, spec)
-        elif method == CalibrationMethod.TRAIN_PRIOR.value:
-            candidates[method] = train_prior_calibration(lm, kv, spec, list(train))
-    rec: dict[str, Any] = {
-        "select": select,
-        "candidates": {m: {"divided_out": dict(zip(spec.labels, [round(float(np.exp(x)), 4) for x in c.log_prior]))} for m, c in candidates.items()},
-    }
-    kept = None if mode == "auto" else next(iter(candidates))
+        method = CalibrationMethod.CONTENT_FREE.value if mode == "on" else mode
+    if method == CalibrationMethod.CONTENT_FREE.value:
+        cal = content_free_calibration(lm, kv, spec)
+    else:
+        cal = train_prior_calibration(lm, kv, spec, list(train))
+    divided_out = dict(zip(spec.labels, [round(float(np.exp(x)), 4) for x in cal.log_prior]))
+    rec: dict[str, Any] = {"select": select, "candidates": {method: {"divided_out": divided_out}}}
+    kept = None if mode == "auto" else method
     if dev:
-        scores = {}
         rec["dev_without"] = report_dict(raw := evaluate(lm, kv, spec, dev))
-        for method, cal in candidates.items():
-            rep = evaluate(lm, kv, replace(spec, calibration=cal), dev)
-            rec["candidates"][method]["dev"] = report_dict(rep)
-            scores[method] = dev_score(rep, select)
-        if mode == "auto" and scores:
-            (only,) = scores
-            kept = only if scores[only] >= dev_score(raw, select) else None
+        rep = evaluate(lm, kv, replace(spec, calibration=cal), dev)
+        rec["candidates"][method]["dev"] = report_dict(rep)
+        if mode == "auto" and dev_score(rep, select) >= dev_score(raw, select):
+            kept = method
     rec["kept"] = kept
-    return (replace(spec, calibration=candidates[kept]) if kept else spec), rec
+    return (replace(spec, calibration=cal) if kept else spec), rec
 
 
 def task_kv(lm: FrozenLM, task: BankTask):
