@@ -321,7 +321,7 @@ def per_run(runs: list[dict]) -> str:
     key = lambda r: (r["dataset"], r["method"], r["variant"] != "before", r.get("steps_given") or 0, r["seed"])  # noqa: E731
     for r in sorted(runs, key=key):
         arm = r["variant"] + (f", {r['steps_given']} steps" if r.get("steps_given") else "")
-        best = r.get("training", {}).get("best_step")
+        best = (r.get("training") or {}).get("best_step")
         peers = [pair(r[a]["test"]) + f" ({r[a]['steps']} steps)" if a in r else "-" for a in ("peft", "lora")]
         rows.append(
             f"| {r['dataset']} | {r['method']} | {r['seed']} | {arm} | {r['steps']} ({best if best is not None else '-'}) | {_margin(r)} | "
