@@ -142,6 +142,13 @@ def lora_train(lm_dir: str, data, budget_s: float, seed: int = 0, r: int = 8):
     return lm, step, adapter_bytes
 
 
+#: The *before* arm: the previous release's training settings where today's defaults differ (unweighted loss, dev
+#: accuracy picks the kept state, no correction, dev every 100 steps (40 since 6a6733e)), and its default rate for
+#: prefix tuning's model+mlp encoder, 0.3 (0.1 since d9aecd0); prompt tuning's was 0.1 then too.
+BEFORE = {"balance": "none", "select": "accuracy", "calibration": "off", "eval_every": 100}
+BEFORE_LR = {"prefix": 0.3}
+
+
 def run_one(lm, lm_dir: str, name: str, method: str, seed: int, variant: str, work: Path, peft: bool, steps: int | None = None) -> dict:
     """One arm on one split; ``steps`` (*after* only) fixes the training steps as ``edgeprompt train --steps`` does,
     the rest still adapting to the data (dev is then scored every ``eval_every`` steps, the default 40)."""
@@ -156,7 +163,7 @@ def run_one(lm, lm_dir: str, name: str, method: str, seed: int, variant: str, wo
     if after:
         cfg, notes = adapt_to_dataset(lm, data, TrainConfig(seed=seed, **({"steps": steps} if steps else {})), {"steps"} if steps else set())
     else:
-        cfg, notes = TrainConfig(seed=seed, balance="none", select="accuracy", calibration="off"), []
+        cfg, notes = TrainConfig(seed=seed, lr=BEFORE_LR.get(method), **BEFORE), []
     bank = PromptBank(work / f"bank-{name}-{seed}-{variant}")
     t0 = time.perf_counter()
     task, summary = train_task(lm, data, load_args, m.name, m.config_cls(), cfg, bank, f"{name}-{method}", overwrite=True, progress=False)
