@@ -3,13 +3,16 @@ and after the issue's changes, next to zero-shot (raw and calibrated), the major
 the same wall time, and a PEFT LoRA (r=8) at the same wall time, on several seeds.
 
 *Before*: the settings of the previous release (unstratified split, unweighted loss, dev accuracy picks the
-kept state, no calibration, 200 steps). *After*: the defaults now (stratified split, ``--balance auto``,
+kept state, no calibration, 200 steps, texts cut at 96 tokens, dev every 100 steps, prefix tuning at 0.3: see
+``BEFORE``). *After*: the defaults now (stratified split, ``--balance auto``,
 ``--select auto``, ``--calibration auto`` (train-prior against none on dev; content-free before 4e3f529), steps and
 the training cut adapted to the data). PEFT and LoRA train as ``benchmarks/accuracy.py`` does (unweighted loss on
 the label tokens, texts cut at 96 tokens, the same batches) for our *after* run's training seconds (wall time: on
 cores shared with other work, each arm's share can differ; compare their step counts). Every model is scored by the
-same scorer on the same test split (the *after* split; *before* is also scored on its own split, reported
-beside it), so the figures differ only by training and calibration.
+same scorer; the *after* arm and its baselines and peers on one test split, so their figures differ only by
+training and calibration. *Before* is scored on its own split (the previous release's, unstratified, on drug
+reviews and SMS spam; the tweets have one split): its training rows may lie in the *after* test split, so it is
+never scored there, and the seeds' spread says how much a split alone moves a figure.
 
     python benchmarks/quality.py --datasets tweets --seeds 0 1 2 [--methods prompt prefix] [--no-peft]
 
