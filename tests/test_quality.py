@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from edgeprompt.core.data import Example, load_file
+from edgeprompt.core.errors import EdgePromptError
 from edgeprompt.core.metrics import classification_report
 from edgeprompt.core.parity import Probe, compare
 from edgeprompt.core.tasks import Calibration
@@ -328,6 +329,8 @@ def test_auto_calibration_weighs_train_prior_against_none_on_dev_and_content_fre
     for named in ("content_free", "train_prior"):
         spec, rec = choose_calibration(tiny_lm, kv, data.spec, data.dev, "accuracy", named, data.train)
         assert rec["kept"] == named and spec.calibration.method == named and set(rec["candidates"]) == {named}
+    with pytest.raises(EdgePromptError, match="names no correction"):  # off is the caller's to skip, not train_prior
+        choose_calibration(tiny_lm, kv, data.spec, data.dev, "accuracy", "off", data.train)
 
 
 def test_gains_are_measured_against_the_baseline_best_at_each_metric():

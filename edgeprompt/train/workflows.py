@@ -117,8 +117,10 @@ def choose_calibration(lm: FrozenLM, kv, spec: TaskSpec, dev: list[Example], sel
         method = CalibrationMethod.CONTENT_FREE.value if mode == "on" else mode
     if method == CalibrationMethod.CONTENT_FREE.value:
         cal = content_free_calibration(lm, kv, spec)
-    else:
+    elif method == CalibrationMethod.TRAIN_PRIOR.value:
         cal = train_prior_calibration(lm, kv, spec, list(train))
+    else:  # "off" (the caller skips the correction) or a typo: never a silent train_prior
+        raise EdgePromptError(f"calibration {mode!r} names no correction to measure: auto, on, {', '.join(m.value for m in CalibrationMethod)}.")
     divided_out = dict(zip(spec.labels, [round(float(np.exp(x)), 4) for x in cal.log_prior]))
     rec: dict[str, Any] = {"select": select, "candidates": {method: {"divided_out": divided_out}}}
     kept = None if mode == "auto" else method
