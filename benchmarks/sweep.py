@@ -42,6 +42,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="default: 120 on the tweets, adapted to the data on the others")
     ap.add_argument("--eval-every", type=int, default=40)
     ap.add_argument("--balance", choices=["weights", "none"], default=None, help="small datasets only; default: auto (class weights when skewed)")
+    ap.add_argument(
+        "--objective", choices=["vocab", "labels"], default="vocab", help="small datasets only: the loss's softmax over the vocabulary or the labels' tokens"
+    )
     ap.add_argument("--dataset", choices=["tweets", "sms-spam", "drug-reviews"], default="tweets")
     ap.add_argument("--seed", type=int, default=0, help="split and training seed (small datasets)")
     ap.add_argument("--threads", type=int, default=None)
@@ -49,6 +52,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.balance and args.dataset == "tweets":
         ap.error("--balance is for the small datasets; the tweets sweep trains with balance=auto")
+    if args.objective != "vocab" and args.dataset == "tweets":
+        ap.error("--objective is for the small datasets; the tweets sweep trains with objective=vocab")
 
     import torch
 
@@ -98,7 +103,7 @@ def main() -> None:
 
 def _cmd(args) -> str:
     """The row's command line: every argument given or defaulted, but --out (and the prefix-only ones for prompt tuning)."""
-    skip = {"out"} | ({"encoder", "mlp_lr_ratio"} if args.method != "prefix" else set())
+    skip = {"out"} | ({"encoder", "mlp_lr_ratio"} if args.method != "prefix" else set()) | ({"objective"} if args.objective == "vocab" else set())
     return "sweep.py " + " ".join(
         f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(args).items() if k not in skip and v is not None
     )
@@ -147,6 +152,8 @@ def small(args) -> None:
         chosen = {k: v for k, v in (("steps", args.steps), ("max_length", ml)) if v}  # the rest adapts to the data
         if args.balance:
             chosen["balance"] = args.balance
+        if args.objective != "vocab":
+            chosen["objective"] = args.objective
         base = TrainConfig(seed=args.seed, batch_size=bs, lr=lr, eval_every=args.eval_every, checkpoint_every=10**9, **chosen)
         tcfg, _ = adapt_to_dataset(lm, data, base, {"eval_every", *chosen})
         t0 = time.perf_counter()
@@ -157,6 +164,8 @@ def small(args) -> None:
         label = f"{args.method} ({encoder}, mlp lr x{ratio:g})" if encoder else args.method
         if resolved(tcfg, data)[0] == "none":
             label += ", no class weights"
+        if tcfg.objective != "vocab":
+            label += f", {tcfg.objective} objective"
         row = (
             f"| {args.dataset} | {args.seed} | {label} | {lr:g} | {P} | {bs} | {tcfg.max_length} | {tcfg.steps} | {curve} | {max(f1s):.3f} "
             f"| {sum(f1s[-3:]) / len(f1s[-3:]):.3f} | {wall:.0f} | {torch.get_num_threads()} | `{cmd}` |\n"

@@ -95,7 +95,7 @@ def test_skewed_labels_get_class_weights_and_macro_f1_selection(tmp_path, tiny_l
     from edgeprompt.core.methods import get_method
     from edgeprompt.methods.prompt_tuning import PromptTuningConfig
     from edgeprompt.train.batching import Encoder, collate
-    from edgeprompt.train.loop import TrainConfig, _make_module, class_weights, is_skewed, loss_on_batch, resolved
+    from edgeprompt.train.loop import TrainConfig, _make_module, class_weights, is_skewed, label_tokens, loss_on_batch, resolved
 
     data = load_file(_skewed_csv(tmp_path / "skew.csv"), dev=10, test=10)
     assert is_skewed(data) and resolved(TrainConfig(), data) == ("weights", "macro_f1")
@@ -103,7 +103,7 @@ def test_skewed_labels_get_class_weights_and_macro_f1_selection(tmp_path, tiny_l
     w = class_weights(data)
     assert np.mean([w[ex.label] for ex in data.train]) == pytest.approx(1.0)
     assert w["negative"] / w["positive"] == pytest.approx(sum(ex.label == "positive" for ex in data.train) / sum(ex.label == "negative" for ex in data.train))
-    # the weighted loss is the weighted mean of the per-example cross-entropies (single-token verbalizers)
+    # the weighted loss is the weighted mean of the per-example cross-entropies
     module = _make_module(tiny_lm, data, get_method("prompt_tuning"), PromptTuningConfig(num_virtual_tokens=2), TrainConfig())
     enc = Encoder(tiny_lm, data.spec, 48)
     batch = collate([enc.example(ex) for ex in data.train[:6]], tiny_lm.pad_token_id)
@@ -115,6 +115,38 @@ def test_skewed_labels_get_class_weights_and_macro_f1_selection(tmp_path, tiny_l
         h = text_hidden(tiny_lm, module.kv(tiny_lm), batch.input_ids, batch.attention_mask)
         ce = F.cross_entropy(logits_at(tiny_lm, h[batch.tgt_rows, batch.tgt_pos - 1]).float(), batch.tgt_ids, reduction="none")
     assert got.item() == pytest.approx(((ce * rw[batch.tgt_rows]).sum() / rw[batch.tgt_rows].sum()).item(), rel=1e-6)
+    # objective="labels": the softmax runs over the labels' tokens only, in label order (one-byte verbalizers are
+    # one token each under the tiny BPE, whose " negative" is several)
+    enc = Encoder(tiny_lm, replace(data.spec, verbalizers={"negative": "N", "positive": "P"}), 48)
+    toks = label_tokens(enc)
+    assert toks.tolist() == [v[0] for v in enc.verbalizer_ids] and len(set(toks.tolist())) == len(data.spec.labels) == 2
+    batch = collate([enc.example(ex) for ex in data.train[:6]], tiny_lm.pad_token_id)
+    with torch.no_grad():
+        got = loss_on_batch(tiny_lm, module, batch, rw, toks)
+        h = text_hidden(tiny_lm, module.kv(tiny_lm), batch.input_ids, batch.attention_mask)
+        full = logits_at(tiny_lm, h[batch.tgt_rows, batch.tgt_pos - 1]).float()
+        ce = F.cross_entropy(full, batch.tgt_ids, reduction="none")
+        logits = full[:, toks]
+        want = torch.tensor([data.spec.labels.index(ex.label) for ex in data.train[:6]])
+        ce_k = F.cross_entropy(logits, want, reduction="none")
+    assert got.item() == pytest.approx(((ce_k * rw).sum() / rw.sum()).item(), rel=1e-6)
+    assert (ce_k < ce).all()  # K logits, not the vocabulary: every example's loss is lower
+
+
+def test_the_labels_objective_is_refused_where_a_softmax_over_label_tokens_is_not_the_label_choice(tmp_path, tiny_lm):
+    from edgeprompt.core.tasks import TaskSpec
+    from edgeprompt.train.batching import Encoder
+    from edgeprompt.train.loop import TrainConfig, label_tokens
+
+    with pytest.raises(EdgePromptError, match="objective='words' is not one of vocab, labels"):
+        TrainConfig(objective="words")
+    data = load_file(_skewed_csv(tmp_path / "skew.csv"), dev=10, test=10)
+    spec = replace(data.spec, verbalizers={"negative": "N", "positive": "P and upbeat"})
+    assert len(Encoder(tiny_lm, spec, 48).verbalizer_ids[1]) > 1
+    with pytest.raises(EdgePromptError, match=r"one-token verbalizers; \{'positive': \d+\}"):
+        label_tokens(Encoder(tiny_lm, spec, 48))
+    with pytest.raises(EdgePromptError, match="for classification tasks"):
+        label_tokens(Encoder(tiny_lm, TaskSpec(kind="generation"), 48))
 
 
 def test_defaults_adapt_to_small_data_and_say_so():

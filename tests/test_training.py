@@ -150,6 +150,30 @@ def test_resume_with_other_settings_is_refused(tiny_model_dir, tiny_csv, tmp_pat
     assert r.returncode == 2 and "train_config" in r.stderr and "same settings" in r.stderr
 
 
+def test_a_checkpoint_from_before_a_setting_existed_resumes_and_a_changed_setting_is_refused(tiny_lm, tiny_csv, tmp_path):
+    """A checkpoint whose train_config lacks a later setting (``objective``) resumes as it trained; one that names
+    another value of it is refused like any changed setting."""
+    import json
+
+    from edgeprompt.core.errors import EdgePromptError
+
+    data = load_file(tiny_csv, dev=10, test=10)
+    ckpt = tmp_path / "ckpt"
+    cfg = TrainConfig(steps=2, eval_every=1, checkpoint_every=1)
+    first = train(tiny_lm, data, "prompt_tuning", PromptTuningConfig(num_virtual_tokens=2), cfg, checkpoint_dir=ckpt, progress=False)
+    state = json.loads((ckpt / "state.json").read_text())
+    assert state["train_config"]["objective"] == "vocab"
+    del state["train_config"]["objective"]  # as written before the setting existed
+    (ckpt / "state.json").write_text(json.dumps(state))
+    res = train(tiny_lm, data, "prompt_tuning", PromptTuningConfig(num_virtual_tokens=2), cfg, checkpoint_dir=ckpt, resume=True, progress=False)
+    assert res.steps == 2 and res.history == first.history  # the run as checkpointed, nothing retrained
+    state = json.loads((ckpt / "state.json").read_text())
+    state["train_config"]["objective"] = "labels"
+    (ckpt / "state.json").write_text(json.dumps(state))
+    with pytest.raises(EdgePromptError, match="train_config"):
+        train(tiny_lm, data, "prompt_tuning", PromptTuningConfig(num_virtual_tokens=2), cfg, checkpoint_dir=ckpt, resume=True, progress=False)
+
+
 def test_kill_9_mid_write_leaves_the_bank_and_checkpoint_readable(tiny_model_dir, tiny_csv, tmp_path, env):
     """SIGKILL at several moments while a run writes checkpoints every step and then the bank."""
     bank_dir = tmp_path / "bank"

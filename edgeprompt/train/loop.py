@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from edgeprompt.core import schema
 from edgeprompt.core.constants import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, TaskKind
 from edgeprompt.core.data import Dataset
-from edgeprompt.core.errors import EdgePromptError, TrainingInterrupted
+from edgeprompt.core.errors import EdgePromptError, TrainingInterrupted, internal_check
 from edgeprompt.core.files import atomic_directory, atomic_write_json, atomic_write_safetensors, read_safetensors, recover_directory
 from edgeprompt.core.methods import get_method
 from edgeprompt.core.metrics import report_dict
@@ -61,9 +61,12 @@ class TrainConfig:
     # label-prior correction: auto (train_prior, or content_free without training rows, if dev keeps it over none),
     # content_free, train_prior, on (content_free), off
     calibration: str = "auto"
+    # the training loss of a classification: vocab (cross-entropy over the whole vocabulary on the verbalizer's
+    # tokens) or labels (over the labels' verbalizer tokens only: the choice eval makes; single-token verbalizers)
+    objective: str = "vocab"
 
     def __post_init__(self):
-        for name, allowed in (("balance", BALANCE), ("select", SELECT), ("calibration", CALIBRATION)):
+        for name, allowed in (("balance", BALANCE), ("select", SELECT), ("calibration", CALIBRATION), ("objective", OBJECTIVE)):
             if getattr(self, name) not in allowed:
                 raise EdgePromptError(f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}.")
         for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "max_length"):
@@ -87,6 +90,10 @@ class TrainConfig:
 BALANCE = ("auto", "weights", "none")
 SELECT = ("auto", "accuracy", "macro_f1")
 CALIBRATION = ("auto", "content_free", "train_prior", "on", "off")  # on: content_free (the first one)
+OBJECTIVE = ("vocab", "labels")
+#: TrainConfig fields added after checkpoints were first written, each at the value that trains as before it: a
+#: checkpoint that lacks one resumes as it was trained.
+SETTINGS_ADDED = {"objective": "vocab"}
 #: Labels are *skewed* when the most frequent is this many times the least frequent in the training split: then
 #: ``auto`` weighs the loss by class and picks the kept state by dev macro-F1 (accuracy rewards the majority).
 SKEW_RATIO = 1.5
@@ -196,15 +203,21 @@ def batch_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
     return np.array(out)
 
 
-def loss_on_batch(lm: FrozenLM, module, batch, row_weights: torch.Tensor | None = None) -> torch.Tensor:
+def loss_on_batch(lm: FrozenLM, module, batch, row_weights: torch.Tensor | None = None, label_tokens: torch.Tensor | None = None) -> torch.Tensor:
     """Mean cross-entropy on the target tokens only (label verbalizers or target text); with ``row_weights``
-    ``[B]`` (class weights of each example), the weighted mean."""
+    ``[B]`` (class weights of each example), the weighted mean. With ``label_tokens`` ``[K]`` (the labels'
+    single-token verbalizers), the softmax runs over those K logits only (``objective="labels"``)."""
     h = text_hidden(lm, module.kv(lm), batch.input_ids, batch.attention_mask)  # (B, T, d)
     logits = logits_at(lm, h[batch.tgt_rows, batch.tgt_pos - 1])  # (N, vocab): target rows only
+    tgt = batch.tgt_ids
+    if label_tokens is not None:
+        hit = batch.tgt_ids[:, None] == label_tokens[None, :]  # (N, K)
+        internal_check(bool(hit.any(-1).all()), "objective=labels: a target token is not one of the label tokens")
+        logits, tgt = logits[:, label_tokens], hit.int().argmax(-1)  # (N, K), (N,)
     if row_weights is None:
-        return F.cross_entropy(logits.float(), batch.tgt_ids)
+        return F.cross_entropy(logits.float(), tgt)
     w = row_weights[batch.tgt_rows]
-    return (F.cross_entropy(logits.float(), batch.tgt_ids, reduction="none") * w).sum() / w.sum()
+    return (F.cross_entropy(logits.float(), tgt, reduction="none") * w).sum() / w.sum()
 
 
 def dev_score(report, select: str = "accuracy") -> float:
@@ -265,6 +278,8 @@ def _max_length(train_config) -> Any:
 
 def _load_checkpoint(path: Path, module, opt, meta: dict):
     state = schema.read(path / "state.json", schema.CheckpointState, "checkpoint state", fix="start afresh without --resume")
+    if isinstance(state.get("train_config"), dict):  # settings added since, at the value that trained as before them
+        state["train_config"] = {**SETTINGS_ADDED, **state["train_config"]}
     for key in ("method", "method_config", "train_config", "data_sha256", "fingerprint"):
         if state.get(key) != meta.get(key):
             raise EdgePromptError(
@@ -288,6 +303,20 @@ def _load_checkpoint(path: Path, module, opt, meta: dict):
     opt.load_state_dict({"state": opt_state, "param_groups": state["param_groups"]})
     loop = {k: state[k] for k in ("best_step", "best_score", "best_dev", "history", "loss_ema", "wall_s")}
     return state["step"], best, loop
+
+
+def label_tokens(enc: Encoder) -> torch.Tensor:
+    """``[K]``: each label's verbalizer token, for ``objective="labels"``; refused unless every verbalizer is one
+    token (eval scores a label by all of its verbalizer's tokens, which a softmax over K logits does not cover)."""
+    if enc.spec.kind != TaskKind.CLASSIFICATION:
+        raise EdgePromptError("objective='labels' is for classification tasks; use objective='vocab' for generation.")
+    long = {lab: len(v) for lab, v in zip(enc.spec.labels, enc.verbalizer_ids) if len(v) != 1}
+    if long:
+        raise EdgePromptError(
+            f"objective='labels' needs one-token verbalizers; {long} (label: tokens) are longer. "
+            "Give those labels one-token verbalizers, or use objective='vocab'."
+        )
+    return torch.tensor([v[0] for v in enc.verbalizer_ids], dtype=torch.long)
 
 
 def _make_module(lm: FrozenLM, data: Dataset, spec_m, method_config: Any, config: TrainConfig):
@@ -317,6 +346,7 @@ class _Run:
         self.balance, self.select = resolved(config, data)
         weights = class_weights(data) if self.balance == "weights" else None
         self.row_weight = None if weights is None else torch.tensor([weights[ex.label] for ex in data.train], dtype=torch.float32)
+        self.label_tokens = label_tokens(self.enc) if config.objective == "labels" else None
         self.step = 0
         self.loop: dict[str, Any] = {"best_step": -1, "best_score": None, "best_dev": {}, "history": [], "loss_ema": None, "wall_s": 0.0}
         self.best = self._weights()
@@ -336,7 +366,8 @@ class _Run:
         batch = collate([self.encoded(i) for i in idx], lm.pad_token_id)
         for g in self.opt.param_groups:
             g["lr"] = cfg.lr_at(self.step, g["base_lr"])
-        loss = loss_on_batch(lm, self.module, batch, None if self.row_weight is None else self.row_weight[torch.as_tensor(idx)])
+        weights = None if self.row_weight is None else self.row_weight[torch.as_tensor(idx)]
+        loss = loss_on_batch(lm, self.module, batch, weights, self.label_tokens)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip:
