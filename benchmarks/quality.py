@@ -152,9 +152,12 @@ BEFORE = {"balance": "none", "select": "accuracy", "calibration": "off", "eval_e
 BEFORE_LR = {"prefix": 0.3}
 
 
-def run_one(lm, lm_dir: str, name: str, method: str, seed: int, variant: str, work: Path, peft: bool, steps: int | None = None) -> dict:
+def run_one(
+    lm, lm_dir: str, name: str, method: str, seed: int, variant: str, work: Path, peft: bool, steps: int | None = None, given: dict | None = None
+) -> dict:
     """One arm on one split; ``steps`` (*after* only) fixes the training steps as ``edgeprompt train --steps`` does,
-    the rest still adapting to the data (dev is then scored every ``eval_every`` steps, the default 40)."""
+    the rest still adapting to the data (dev is then scored every ``eval_every`` steps, the default 40). ``given``
+    (*after* only): settings other than the defaults, ``P`` (prompt length) and ``objective``; the rows say them."""
     from edgeprompt.core.bank import PromptBank
     from edgeprompt.core.methods import get_method
     from edgeprompt.train.loop import TrainConfig, adapt_to_dataset
@@ -163,13 +166,17 @@ def run_one(lm, lm_dir: str, name: str, method: str, seed: int, variant: str, wo
     after = variant == "after"
     data, load_args = DATASETS[name](seed, after)
     m = get_method(method + ("_tuning" if not method.endswith("_tuning") else ""))
+    given = dict(given or {}) if after else {}
     if after:
-        cfg, notes = adapt_to_dataset(lm, data, TrainConfig(seed=seed, **({"steps": steps} if steps else {})), {"steps"} if steps else set())
+        fixed = {"steps": steps} if steps else {}
+        fixed |= {k: v for k, v in given.items() if k == "objective"}
+        cfg, notes = adapt_to_dataset(lm, data, TrainConfig(seed=seed, **fixed), set(fixed))
     else:
         cfg, notes = TrainConfig(seed=seed, lr=BEFORE_LR.get(method), **BEFORE), []
     bank = PromptBank(work / f"bank-{name}-{seed}-{variant}")
     t0 = time.perf_counter()
-    task, summary = train_task(lm, data, load_args, m.name, m.config_cls(), cfg, bank, f"{name}-{method}", overwrite=True, progress=False)
+    mcfg = m.config_cls(**({"num_virtual_tokens": given["P"]} if "P" in given else {}))
+    task, summary = train_task(lm, data, load_args, m.name, mcfg, cfg, bank, f"{name}-{method}", overwrite=True, progress=False)
     wall = time.perf_counter() - t0
     out = {
         "dataset": name,
@@ -178,6 +185,7 @@ def run_one(lm, lm_dir: str, name: str, method: str, seed: int, variant: str, wo
         "variant": variant,
         "steps": cfg.steps,
         "steps_given": steps if after else None,
+        **({"given": given} if given else {}),
         "notes": notes,
         "wall_s": round(wall, 1),
         "test": summary["test"],
@@ -209,11 +217,24 @@ def kept_calibration(run: dict) -> str:
     return ("content_free" if kept else "none") if isinstance(kept, bool) else (kept or "none")
 
 
+def _arm_key(run: dict) -> tuple:
+    """What sets a run's arm apart from the defaults: ``--steps``, then the other settings given (``--P``, ``--objective``)."""
+    return (run.get("steps_given") or 0, tuple(sorted((run.get("given") or {}).items())))
+
+
+def arm_suffix(run: dict) -> str:
+    """The label of a run's settings other than the defaults: '', ', 400 steps', ', P=50, labels objective'."""
+    steps, given = _arm_key(run)
+    parts = ([f"{steps} steps"] if steps else []) + [f"P={v}" if k == "P" else f"{v} {k}" for k, v in given]
+    return "".join(", " + p for p in parts)
+
+
 def _after_groups(runs: list[dict]) -> list[tuple[str, list[dict]]]:
-    """The *after* runs by their step count: the adapted default (``steps_given`` unset) first, then each
-    ``--steps`` the benchmark was given, labelled with it."""
-    given = sorted({r.get("steps_given") or 0 for r in runs if r["variant"] == "after"})
-    return [("" if g == 0 else f", {g} steps", [r for r in runs if r["variant"] == "after" and (r.get("steps_given") or 0) == g]) for g in given]
+    """The *after* runs by their arm: the adapted defaults first, then each ``--steps`` and other setting the
+    benchmark was given, labelled with it."""
+    after = [r for r in runs if r["variant"] == "after"]
+    keys = sorted({_arm_key(r) for r in after})
+    return [(arm_suffix(next(r for r in after if _arm_key(r) == k)), [r for r in after if _arm_key(r) == k]) for k in keys]
 
 
 def _mean(runs: list[dict], key: str, metric: str) -> float:
@@ -328,9 +349,9 @@ def per_run(runs: list[dict]) -> str:
     def pair(rep):
         return f"{rep['accuracy']:.3f} / {rep['macro_f1']:.3f}"
 
-    key = lambda r: (r["dataset"], r["method"], r["variant"] != "before", r.get("steps_given") or 0, r["seed"])  # noqa: E731
+    key = lambda r: (r["dataset"], r["method"], r["variant"] != "before", _arm_key(r), r["seed"])  # noqa: E731
     for r in sorted(runs, key=key):
-        arm = r["variant"] + (f", {r['steps_given']} steps" if r.get("steps_given") else "")
+        arm = r["variant"] + arm_suffix(r)
         best = (r.get("training") or {}).get("best_step")
         peers = [pair(r[a]["test"]) + f" ({r[a]['steps']} steps)" if a in r else "-" for a in ("peft", "lora")]
         rows.append(
@@ -398,6 +419,8 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", nargs="+", default=["before", "after"], choices=["before", "after"])
     ap.add_argument("--no-peft", action="store_true", help="skip the PEFT and LoRA arms")
     ap.add_argument("--steps", type=int, default=None, help="train the *after* arm this many steps (default: adapted to the data); its rows say so")
+    ap.add_argument("--P", type=int, default=None, help="the *after* arm's prompt length (default: the method's); its rows say so")
+    ap.add_argument("--objective", choices=["vocab", "labels"], default=None, help="the *after* arm's training objective (default: vocab); its rows say so")
     ap.add_argument("--model", default="default")
     ap.add_argument("--json", default=str(HERE / "quality.json"))
     ap.add_argument("--md", default=str(HERE / "quality.md"))
@@ -424,7 +447,8 @@ def main(argv=None) -> int:
             for seed in args.seeds:
                 for variant in args.variants:
                     lm = FrozenLM.load(lm_dir)
-                    r = run_one(lm, lm_dir, name, method, seed, variant, work, peft=not args.no_peft, steps=args.steps)
+                    given = {k: v for k, v in (("P", args.P), ("objective", args.objective)) if v is not None}
+                    r = run_one(lm, lm_dir, name, method, seed, variant, work, peft=not args.no_peft, steps=args.steps, given=given)
                     r["commit"] = commit
                     runs.append(r)
                     print(

@@ -396,13 +396,14 @@ def test_the_quality_benchmark_gives_runs_with_fixed_steps_their_own_rows(monkey
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import quality
 
-    def run(seed, acc, steps_given=None):
+    def run(seed, acc, steps_given=None, given=None):
         rep = {"accuracy": acc, "macro_f1": acc - 0.2, "never_predicted": []}
         base = {"accuracy": 0.5, "macro_f1": 0.3, "never_predicted": []}
         return {
             "dataset": "d", "method": "prefix", "seed": seed, "variant": "after", "steps": steps_given or 200,
             "steps_given": steps_given, "test": rep, "zero_shot": base, "zero_shot_calibrated": base,
             "majority": {"accuracy": 0.6, "macro_f1": 0.25}, "training": {"calibration": {"kept": "none"}},
+            **({"given": given} if given else {}),
         }  # fmt: skip
 
     runs = [run(0, 0.7), run(1, 0.8), run(0, 0.9, steps_given=400)]
@@ -411,6 +412,18 @@ def test_the_quality_benchmark_gives_runs_with_fixed_steps_their_own_rows(monkey
     assert all(r.split(" | ")[3] == "2" for r in rows[2:])  # zero-shot, calibrated, majority: the two default splits
     targets = [r.split(" | ")[1:3] for r in quality.targets(runs).splitlines()[2:]]
     assert targets == [["prefix", "0.750 (0.700)"], ["prefix, 400 steps", "0.900 (0.700)"]]
+    # other settings (--P, --objective) are arms of their own too, said in every table
+    runs += [run(1, 0.6, given={"objective": "labels", "P": 50}), run(2, 0.65, given={"objective": "labels"})]
+    rows = [r.split(" | ")[2:5] for r in quality.table(runs).splitlines()[2:]]
+    assert rows[:4] == [
+        ["after (none)", "2", "0.750 ± 0.100"], ["after, P=50, labels objective (none)", "1", "0.600"],
+        ["after, labels objective (none)", "1", "0.650"], ["after, 400 steps (none)", "1", "0.900"],
+    ]  # fmt: skip
+    assert [r.split(" | ")[3] for r in quality.per_run(runs).splitlines()[2:]][-3:] == [
+        "after, P=50, labels objective",
+        "after, labels objective",
+        "after, 400 steps",
+    ]
 
 
 def test_the_quality_benchmark_keeps_each_steps_group_s_peft_arms_apart(monkeypatch):
