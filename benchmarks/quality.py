@@ -237,6 +237,12 @@ def _after_groups(runs: list[dict]) -> list[tuple[str, list[dict]]]:
     return [(arm_suffix(next(r for r in after if _arm_key(r) == k)), [r for r in after if _arm_key(r) == k]) for k in keys]
 
 
+def _peer_label(label: str, group: list[dict]) -> str:
+    """A peer row's arm: its steps group as the *after* rows say it (', 400 steps'); a group with other settings
+    (``--P``, ``--objective``) is named as the run beside it, since PEFT and LoRA do not train with them."""
+    return f" beside after{label}" if any(r.get("given") for r in group) else label
+
+
 def _mean(runs: list[dict], key: str, metric: str) -> float:
     return statistics.fmean(r[key][metric] for r in runs)
 
@@ -300,7 +306,7 @@ def table(runs: list[dict]) -> str:
             ("majority class", [r["majority"] for r in after]),
             # the peers train for the seconds of the *after* run beside them: one row per steps group, as *after* has
             *(
-                (f"{name}{label}, same wall time ({_steps(g, arm)})", [r[arm]["test"] for r in g if arm in r])
+                (f"{name}{_peer_label(label, g)}, same wall time ({_steps(g, arm)})", [r[arm]["test"] for r in g if arm in r])
                 for arm, name in (("peft", "PEFT"), ("lora", "PEFT LoRA r=8"))
                 for label, g in groups
             ),
@@ -427,6 +433,8 @@ def main(argv=None) -> int:
     ap.add_argument("--append", action="store_true", help="add to the runs already in --json (the table covers all of them)")
     ap.add_argument("--render", action="store_true", help="run nothing: rebuild --md's tables from the runs in --json, keeping its prose")
     args = ap.parse_args(argv)
+    if "before" in args.variants and any(v is not None for v in (args.steps, args.P, args.objective)):
+        ap.error("--steps, --P and --objective set the after arm: pass --variants after (a before run would repeat one on record)")
     from edgeprompt.core.files import atomic_write_bytes
 
     if args.render:
@@ -434,6 +442,7 @@ def main(argv=None) -> int:
         atomic_write_bytes(args.md, render(runs, Path(args.md).read_text() if Path(args.md).exists() else "").encode())
         return 0
 
+    from edgeprompt.core.methods import get_method
     from edgeprompt.train.models import FrozenLM, resolve_model_dir
 
     lm_dir = str(resolve_model_dir(args.model))
@@ -447,7 +456,10 @@ def main(argv=None) -> int:
             for seed in args.seeds:
                 for variant in args.variants:
                     lm = FrozenLM.load(lm_dir)
-                    given = {k: v for k, v in (("P", args.P), ("objective", args.objective)) if v is not None}
+                    default_P = get_method(method + "_tuning").config_cls().num_virtual_tokens
+                    given = {
+                        k: v for k, v in (("P", args.P), ("objective", args.objective)) if v is not None and v != {"P": default_P, "objective": "vocab"}[k]
+                    }
                     r = run_one(lm, lm_dir, name, method, seed, variant, work, peft=not args.no_peft, steps=args.steps, given=given)
                     r["commit"] = commit
                     runs.append(r)
