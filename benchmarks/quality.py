@@ -166,10 +166,10 @@ def run_one(
     after = variant == "after"
     data, load_args = DATASETS[name](seed, after)
     m = get_method(method + ("_tuning" if not method.endswith("_tuning") else ""))
-    given = dict(given or {}) if after else {}
+    defaults = {"P": m.config_cls().num_virtual_tokens, "objective": TrainConfig.objective}
+    given = {k: v for k, v in (given or {}).items() if after and v != defaults[k]}  # a default is no arm of its own
     if after:
-        fixed = {"steps": steps} if steps else {}
-        fixed |= {k: v for k, v in given.items() if k == "objective"}
+        fixed = ({"steps": steps} if steps else {}) | ({"objective": given["objective"]} if "objective" in given else {})
         cfg, notes = adapt_to_dataset(lm, data, TrainConfig(seed=seed, **fixed), set(fixed))
     else:
         cfg, notes = TrainConfig(seed=seed, lr=BEFORE_LR.get(method), **BEFORE), []
@@ -442,7 +442,6 @@ def main(argv=None) -> int:
         atomic_write_bytes(args.md, render(runs, Path(args.md).read_text() if Path(args.md).exists() else "").encode())
         return 0
 
-    from edgeprompt.core.methods import get_method
     from edgeprompt.train.models import FrozenLM, resolve_model_dir
 
     lm_dir = str(resolve_model_dir(args.model))
@@ -456,10 +455,7 @@ def main(argv=None) -> int:
             for seed in args.seeds:
                 for variant in args.variants:
                     lm = FrozenLM.load(lm_dir)
-                    default_P = get_method(method + "_tuning").config_cls().num_virtual_tokens
-                    given = {
-                        k: v for k, v in (("P", args.P), ("objective", args.objective)) if v is not None and v != {"P": default_P, "objective": "vocab"}[k]
-                    }
+                    given = {k: v for k, v in (("P", args.P), ("objective", args.objective)) if v is not None}
                     r = run_one(lm, lm_dir, name, method, seed, variant, work, peft=not args.no_peft, steps=args.steps, given=given)
                     r["commit"] = commit
                     runs.append(r)
