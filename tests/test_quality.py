@@ -409,8 +409,9 @@ def test_the_quality_benchmark_gives_runs_with_fixed_steps_their_own_rows(monkey
     rows = quality.table(runs).splitlines()[2:]
     assert [r.split(" | ")[2:5] for r in rows][:2] == [["after (none)", "2", "0.750 ± 0.100"], ["after, 400 steps (none)", "1", "0.900"]]
     assert all(r.split(" | ")[3] == "2" for r in rows[2:])  # zero-shot, calibrated, majority: the two default splits
-    targets = [r.split(" | ")[1:3] for r in quality.targets(runs).splitlines()[2:]]
-    assert targets == [["prefix", "0.750 (0.700)"], ["prefix, 400 steps", "0.900 (0.700)"]]
+    targets = [r.split(" | ")[1:3] + [r.split(" | ")[6].removesuffix(" |")] for r in quality.targets(runs).splitlines()[2:]]
+    # per seed, paired with its own split's calibrated bar (0.3 + 0.25): 0.5 - 0.55 and 0.6 - 0.55
+    assert targets == [["prefix", "0.750 (0.700)", "+0.000 ± 0.071 (1 of 2)"], ["prefix, 400 steps", "0.900 (0.700)", "+0.150 (1 of 1)"]]
     # other settings (--P, --objective) are arms of their own too, said in every table
     runs += [run(1, 0.6, given={"objective": "labels", "P": 50}), run(2, 0.65, given={"objective": "labels"})]
     rows = [r.split(" | ")[2:5] for r in quality.table(runs).splitlines()[2:]]
