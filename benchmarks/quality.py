@@ -158,6 +158,8 @@ def run_one(
     """One arm on one split; ``steps`` (*after* only) fixes the training steps as ``edgeprompt train --steps`` does,
     the rest still adapting to the data (dev is then scored every ``eval_every`` steps, the default 40). ``given``
     (*after* only): settings other than the defaults, ``P`` (prompt length) and ``objective``; the rows say them."""
+    import torch
+
     from edgeprompt.core.bank import PromptBank
     from edgeprompt.core.methods import get_method
     from edgeprompt.train.loop import TrainConfig, adapt_to_dataset
@@ -188,6 +190,7 @@ def run_one(
         **({"given": given} if given else {}),
         "notes": notes,
         "wall_s": round(wall, 1),
+        "threads": torch.get_num_threads(),
         "test": summary["test"],
         "zero_shot": summary["zero_shot_test"],
         "zero_shot_calibrated": summary.get("zero_shot_calibrated_test"),
@@ -356,10 +359,12 @@ def _short(commit: str | None) -> str:
 
 def per_run(runs: list[dict]) -> str:
     """One row per run, the figures the means above are made of: the state kept (step), the correction kept and
-    its dev margin, the test scores of ours and of the peers beside it, and the commit it ran from."""
+    its dev margin, the test scores of ours and of the peers beside it, the torch threads it trained with (they set
+    the order of float sums, so two thread counts give two trajectories; recorded since the column came in) and the
+    commit it ran from."""
     rows = [
-        "| dataset | method | seed | arm | steps (kept) | correction, dev margin over none | accuracy | macro-F1 | PEFT | LoRA | commit |",
-        "|---|---|---:|---|---|---|---:|---:|---|---|---|",
+        "| dataset | method | seed | arm | steps (kept) | correction, dev margin over none | accuracy | macro-F1 | PEFT | LoRA | threads | commit |",
+        "|---|---|---:|---|---|---|---:|---:|---|---|---:|---|",
     ]
 
     def pair(rep):
@@ -372,7 +377,7 @@ def per_run(runs: list[dict]) -> str:
         peers = [pair(r[a]["test"]) + f" ({r[a]['steps']} steps)" if a in r else "-" for a in ("peft", "lora")]
         rows.append(
             f"| {r['dataset']} | {r['method']} | {r['seed']} | {arm} | {r['steps']} ({best if best is not None else '-'}) | {_margin(r)} | "
-            f"{r['test']['accuracy']:.3f} | {r['test']['macro_f1']:.3f} | {peers[0]} | {peers[1]} | {_short(r.get('commit'))} |"
+            f"{r['test']['accuracy']:.3f} | {r['test']['macro_f1']:.3f} | {peers[0]} | {peers[1]} | {r.get('threads', '-')} | {_short(r.get('commit'))} |"
         )
     return "\n".join(rows)
 

@@ -520,11 +520,15 @@ def test_the_quality_benchmark_rebuilds_its_tables_in_place_and_keeps_the_prose(
 
     runs = [run(0, "content_free", 0.5711, 0.5686), run(1, None, 0.40, 0.55)]
     runs[1]["commit"] += "+dirty"  # uncommitted changes ran: the table must not show it as the clean commit
+    runs[0]["threads"] = 2  # recorded since the column came in; an older run has none
     md = quality.render(runs[:1], "")
     heads = [line for line in md.splitlines() if line.startswith("| dataset |")]
     assert len(heads) == len(quality.TABLES) and all(line.startswith(head) for line, (head, _, _) in zip(heads, quality.TABLES))
-    by_seed = {r.split(" | ")[2]: r.split(" | ")[4:6] + [r.split(" | ")[-1]] for r in quality.per_run(runs).splitlines()[2:]}
-    assert by_seed == {"0": ["200 (160)", "content_free +0.0025", "0123456 |"], "1": ["200 (160)", "none (best: content_free -0.1500)", "0123456+dirty |"]}
+    by_seed = {r.split(" | ")[2]: r.split(" | ")[4:6] + r.split(" | ")[-2:] for r in quality.per_run(runs).splitlines()[2:]}
+    assert by_seed == {
+        "0": ["200 (160)", "content_free +0.0025", "2", "0123456 |"],
+        "1": ["200 (160)", "none (best: content_free -0.1500)", "-", "0123456+dirty |"],
+    }
 
     # prose around the first two tables, the per-run one missing (a file from before it existed)
     old = "\n".join(["# title", "", "intro", "", quality.table(runs[:1]), "", "between", "", quality.targets(runs[:1]), "", "**Prose.** kept", ""])
