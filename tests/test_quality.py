@@ -412,6 +412,8 @@ def test_the_quality_benchmark_gives_runs_with_fixed_steps_their_own_rows(monkey
     targets = [r.split(" | ")[1:3] + [r.split(" | ")[6].removesuffix(" |")] for r in quality.targets(runs).splitlines()[2:]]
     # per seed, paired with its own split's calibrated bar (0.3 + 0.25): 0.5 - 0.55 and 0.6 - 0.55
     assert targets == [["prefix", "0.750 (0.700)", "+0.000 ± 0.071 (1 of 2)"], ["prefix, 400 steps", "0.900 (0.700)", "+0.150 (1 of 1)"]]
+    on_bar = {"test": {"macro_f1": 0.6172}, "zero_shot_calibrated": {"macro_f1": 0.3672}}  # 0.6172 - 0.3672 - 0.25 < 0 in floats
+    assert quality._paired([on_bar]) == "+0.000 (1 of 1)"
     # other settings (--P, --objective) are arms of their own too, said in every table
     runs += [run(1, 0.6, given={"objective": "labels", "P": 50}), run(2, 0.65, given={"objective": "labels"})]
     rows = [r.split(" | ")[2:5] for r in quality.table(runs).splitlines()[2:]]
