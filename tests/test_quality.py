@@ -410,7 +410,7 @@ def test_the_quality_benchmark_gives_runs_with_fixed_steps_their_own_rows(monkey
     assert [r.split(" | ")[2:5] for r in rows][:2] == [["after (none)", "2", "0.750 ± 0.100"], ["after, 400 steps (none)", "1", "0.900"]]
     assert all(r.split(" | ")[3] == "2" for r in rows[2:])  # zero-shot, calibrated, majority: the two default splits
     targets = [r.split(" | ")[1:3] + [r.split(" | ")[6].removesuffix(" |")] for r in quality.targets(runs).splitlines()[2:]]
-    # per seed, paired with its own split's calibrated bar (0.3 + 0.25): 0.5 - 0.55 and 0.6 - 0.55
+    # per seed, against its own run's calibrated bar (0.3 + 0.25): 0.5 - 0.55 and 0.6 - 0.55
     assert targets == [["prefix", "0.750 (0.700)", "+0.000 ± 0.071 (1 of 2)"], ["prefix, 400 steps", "0.900 (0.700)", "+0.150 (1 of 1)"]]
     on_bar = {"test": {"macro_f1": 0.6172}, "zero_shot_calibrated": {"macro_f1": 0.3672}}  # 0.6172 - 0.3672 - 0.25 < 0 in floats
     assert quality._paired([on_bar]) == "+0.000 (1 of 1)"
@@ -522,7 +522,7 @@ def test_the_quality_benchmark_rebuilds_its_tables_in_place_and_keeps_the_prose(
 
     runs = [run(0, "content_free", 0.5711, 0.5686), run(1, None, 0.40, 0.55)]
     runs[1]["commit"] += "+dirty"  # uncommitted changes ran: the table must not show it as the clean commit
-    runs[0]["threads"] = 2  # recorded since the column came in; an older run has none
+    runs[0]["threads"] = 2  # from its manifest; a run whose saved task is gone has none
     md = quality.render(runs[:1], "")
     heads = [line for line in md.splitlines() if line.startswith("| dataset |")]
     assert len(heads) == len(quality.TABLES) and all(line.startswith(head) for line, (head, _, _) in zip(heads, quality.TABLES))
