@@ -195,7 +195,7 @@ def cmd_train(args) -> int:
     print(f"saved task {name!r} ({spec_m.name}, P={task.num_virtual_tokens}) to bank {bank.root} after {summary['wall_time_s']:.0f} s of training")
     if "reports" in summary:
         print(f"test split of {data.name}:")
-        print(format_reports(task.spec, summary["reports"], summary.get("zero_shot_calibration")))
+        print(format_reports(task.spec, summary["reports"]))
     return 0
 
 
@@ -218,11 +218,11 @@ def cmd_eval(args) -> int:
     rep = evaluate_task(lm, task, examples, max_length=args.max_length, baseline=not args.no_baseline, train=data.train)
     if args.json:
         out = {"task": args.task, "split": args.split, "metrics": rep["task"], "zero_shot": rep["zero_shot"]}
-        out.update(zero_shot_calibrated=rep["zero_shot_calibrated"], zero_shot_calibration=rep["zero_shot_calibration"])
+        out.update({k: rep[k] for k in ("zero_shot_calibrated", "zero_shot_calibration", "zero_shot_calibrations")})
         print(json.dumps(out, indent=2))
     else:
         print(f"task {args.task!r} on the {args.split} split of {data.name} ({len(examples)} examples):")
-        print(format_reports(task.spec, rep["reports"], rep["zero_shot_calibration"]))
+        print(format_reports(task.spec, rep["reports"]))
     return 0
 
 

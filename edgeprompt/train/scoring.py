@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -112,6 +114,18 @@ def generation_report(lm: FrozenLM, kv: KV | None, enc: Encoder, examples: list[
         n += len(b.tgt_ids)
     mean = nll / max(n, 1)
     return {"nll": round(mean, 4), "perplexity": round(float(np.exp(mean)), 3), "token_accuracy": round(correct / max(n, 1), 4), "tokens": n}
+
+
+def evaluate_corrections(
+    lm: FrozenLM, kv: KV | None, spec: TaskSpec, examples: list[Example], corrections: dict[str, Calibration | None], max_length: int | None = None
+) -> dict:
+    """One :class:`ClassificationReport` per label-prior correction (``None``: uncorrected), from one scoring pass:
+    a correction only shifts the ``[N, K]`` label log-probabilities, so each report equals :func:`evaluate` under
+    ``replace(spec, calibration=c)``."""
+    enc = Encoder(lm, spec, max_length, prefix_len=prefix_length(kv))
+    lp = label_logprobs(lm, kv, enc, examples)
+    gold = np.array([enc.label_index[ex.label] for ex in examples], dtype=np.int64)
+    return {name: classification_report(gold, replace(spec, calibration=c).decide(lp).argmax(1), spec.labels) for name, c in corrections.items()}
 
 
 def evaluate(lm: FrozenLM, kv: KV | None, spec: TaskSpec, examples: list[Example], max_length: int | None = None, batch_size: int = 32):

@@ -20,7 +20,7 @@ from edgeprompt.core.metrics import report_dict
 from edgeprompt.core.tasks import INPUT_RULE, TaskSpec
 from edgeprompt.train.loop import TrainConfig, dev_score, label_counts, resolved, train
 from edgeprompt.train.models import FrozenLM
-from edgeprompt.train.scoring import content_free_calibration, evaluate, instruction_kv, train_prior_calibration
+from edgeprompt.train.scoring import content_free_calibration, evaluate, evaluate_corrections, instruction_kv, train_prior_calibration
 
 CHECKPOINTS_DIR = ".checkpoints"
 
@@ -85,13 +85,14 @@ def train_task(
     if evaluate_test and data.test:
         rep = evaluate_task(lm, task, data.test, train=data.train)
         metrics["test"], metrics["zero_shot_test"], metrics["zero_shot_calibrated_test"] = rep["task"], rep["zero_shot"], rep["zero_shot_calibrated"]
-        metrics["zero_shot_calibration"] = rep["zero_shot_calibration"]
+        metrics["zero_shot_calibration"], metrics["zero_shot_calibrations_test"] = rep["zero_shot_calibration"], rep["zero_shot_calibrations"]
         task = bank.update_manifest(name, **{TaskKeys.METRICS: metrics})
         summary.update(
             test=rep["task"],
             zero_shot_test=rep["zero_shot"],
             zero_shot_calibrated_test=rep["zero_shot_calibrated"],
             zero_shot_calibration=rep["zero_shot_calibration"],
+            zero_shot_calibrations_test=rep["zero_shot_calibrations"],
             reports=rep["reports"],
         )
     return task, summary
@@ -144,52 +145,63 @@ def task_kv(lm: FrozenLM, task: BankTask):
         return spec_m.trainer().kv_from_folded(lm, tensors)
 
 
+def zero_shot_reports(lm: FrozenLM, spec: TaskSpec, examples: list[Example], max_length: int | None = None, train: list[Example] = ()) -> tuple:
+    """The zero-shot baseline (the instruction as plain tokens, no soft prompt): its report as is and, on a
+    classification task, ``{method: report}`` under every label-prior correction a task can keep, each measured on
+    the baseline's own prefix: ``content_free`` always, ``train_prior`` when ``train`` is given. Which ones does
+    not depend on the correction the task kept, so the baseline is one yardstick for every task on the same split."""
+    base_kv, base_spec = instruction_kv(lm, spec), replace(spec, calibration=None)
+    if spec.kind != TaskKind.CLASSIFICATION:
+        return evaluate(lm, base_kv, base_spec, examples, max_length), {}
+    corrections = {None: None, CalibrationMethod.CONTENT_FREE.value: content_free_calibration(lm, base_kv, base_spec)}
+    if train:
+        corrections[CalibrationMethod.TRAIN_PRIOR.value] = train_prior_calibration(lm, base_kv, base_spec, list(train))
+    reps = evaluate_corrections(lm, base_kv, base_spec, examples, corrections, max_length)
+    return reps.pop(None), reps
+
+
 def evaluate_task(
     lm: FrozenLM, task: BankTask, examples: list[Example], max_length: int | None = None, baseline: bool = True, train: list[Example] = ()
 ) -> dict:
-    """Metrics of the folded task and, beside them, of the zero-shot baseline (instruction, no soft prompt).
+    """Metrics of the folded task and, beside them, of the zero-shot baseline (:func:`zero_shot_reports`).
 
     ``max_length=None`` (the default) scores each text as the runtimes do: whole, cut only to fit the
     model's context (:func:`edgeprompt.core.tasks.input_ids`), so what eval reports is what a device does.
-    The baseline is also scored calibrated by the task's method (its own prior): ``train_prior`` when the task
-    has it and ``train`` is given, else ``content_free``; ``zero_shot_calibration`` says which.
+    ``zero_shot_calibrations`` holds the baseline under each correction; ``zero_shot_calibrated`` is the one
+    ``--calibration auto`` would measure for a task (``train_prior`` when ``train`` is given, else
+    ``content_free``), named by ``zero_shot_calibration``, whichever the task itself kept.
     """
     if not examples:
         raise EdgePromptError("no examples to evaluate.")
-    spec = task.spec
     t0 = time.perf_counter()
     with torch.no_grad():
-        rep = evaluate(lm, task_kv(lm, task), spec, examples, max_length)
-        zs = zsc = None
-        if baseline:  # the baseline as is, and calibrated the same way as a task is (its own content-free prior)
-            base_kv, base_spec = instruction_kv(lm, spec), replace(spec, calibration=None)
-            zs = evaluate(lm, base_kv, base_spec, examples, max_length)
-            if spec.kind == TaskKind.CLASSIFICATION:
-                if train and spec.calibration is not None and spec.calibration.method == CalibrationMethod.TRAIN_PRIOR.value:
-                    zcal = train_prior_calibration(lm, base_kv, base_spec, list(train))
-                else:
-                    zcal = content_free_calibration(lm, base_kv, base_spec)
-                zsc = evaluate(lm, base_kv, replace(base_spec, calibration=zcal), examples, max_length)
+        rep = evaluate(lm, task_kv(lm, task), task.spec, examples, max_length)
+        zs, zcals = zero_shot_reports(lm, task.spec, examples, max_length, train) if baseline else (None, {})
+    rule = CalibrationMethod.TRAIN_PRIOR.value if CalibrationMethod.TRAIN_PRIOR.value in zcals else CalibrationMethod.CONTENT_FREE.value
     return {
         "task": report_dict(rep),
         "zero_shot": report_dict(zs),
-        "zero_shot_calibrated": report_dict(zsc),
-        "zero_shot_calibration": zcal.method if zsc is not None else None,
-        "reports": (rep, zs, zsc),
+        "zero_shot_calibrated": report_dict(zcals.get(rule)),
+        "zero_shot_calibration": rule if zcals else None,
+        "zero_shot_calibrations": {m: report_dict(r) for m, r in zcals.items()},
+        "reports": (rep, zs, zcals),
         "eval_s": round(time.perf_counter() - t0, 1),
     }
 
 
-def format_reports(spec: TaskSpec, reports: tuple, zero_shot_calibration: str | None = None) -> str:
-    rep, zs, zsc = (tuple(reports) + (None,))[:3]
+def format_reports(spec: TaskSpec, reports: tuple) -> str:
+    """``reports``: ``evaluate_task(...)["reports"]``, the task's report, the zero-shot's (or None) and the
+    zero-shot's under each correction."""
+    rep, zs, zcals = (tuple(reports) + (None, None))[:3]
+    zcals = zcals or {}
     if spec.kind == TaskKind.CLASSIFICATION:
         cal = f" (calibrated: {spec.calibration.method})" if spec.calibration is not None else ""
         out = rep.format(f"soft prompt{cal}: ")
         if zs is not None:
             out += "\n" + zs.format("zero-shot: ")
-        if zsc is not None:
-            out += "\n" + zsc.format(f"zero-shot, calibrated{f' ({zero_shot_calibration})' if zero_shot_calibration else ''}: ")
-        bases = {k: r for k, r in (("raw", zs), ("calibrated", zsc)) if r is not None}
+        for method, r in zcals.items():
+            out += "\n" + r.format(f"zero-shot, calibrated ({method}): ")
+        bases = {k: r for k, r in (("raw", zs), *zcals.items()) if r is not None}
         if bases:  # each metric against the baseline that is best at it: calibration often trades accuracy for macro-F1
             acc = max(bases, key=lambda k: bases[k].accuracy)
             f1 = max(bases, key=lambda k: bases[k].macro_f1)
