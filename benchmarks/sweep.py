@@ -41,7 +41,7 @@ def main() -> None:
     ap.add_argument("--mlp-lr-ratio", type=float, nargs="+", default=[1e-3], help="prefix only")
     ap.add_argument("--steps", type=int, default=None, help="default: 120 on the tweets, adapted to the data on the others")
     ap.add_argument("--eval-every", type=int, default=40)
-    ap.add_argument("--balance", choices=["weights", "none"], default=None, help="small datasets only; default: auto (class weights when skewed)")
+    ap.add_argument("--balance", choices=["weights", "sampling", "none"], default=None, help="small datasets only; default: auto (class weights when skewed)")
     ap.add_argument(
         "--objective", choices=["vocab", "labels"], default="vocab", help="small datasets only: the loss's softmax over the vocabulary or the labels' tokens"
     )
@@ -162,8 +162,8 @@ def small(args) -> None:
         f1s = [h["dev"]["macro_f1"] for h in res.history if "dev" in h]
         curve = ", ".join(f"{h['step']}:{h['dev']['macro_f1']:.3f}/{h['dev']['accuracy']:.2f}" for h in res.history if "dev" in h)
         label = f"{args.method} ({encoder}, mlp lr x{ratio:g})" if encoder else args.method
-        if resolved(tcfg, data)[0] == "none":
-            label += ", no class weights"
+        if resolved(tcfg, data)[0] != "weights":
+            label += {"none": ", no class weights", "sampling": ", class-balanced batches"}[resolved(tcfg, data)[0]]
         if tcfg.objective != "vocab":
             label += f", {tcfg.objective} objective"
         row = (

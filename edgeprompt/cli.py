@@ -167,7 +167,7 @@ def cmd_train(args) -> int:
     if data.spec.kind == TaskKind.CLASSIFICATION:
         counts = label_counts(data)
         notes.append(
-            f"labels {', '.join(f'{k} {v}' for k, v in counts.items())}: loss {'weighted by class' if balance == 'weights' else 'unweighted'}, kept state by dev {select}"
+            f"labels {', '.join(f'{k} {v}' for k, v in counts.items())}: loss {'weighted by class' if balance == 'weights' else 'unweighted, class-balanced batches' if balance == 'sampling' else 'unweighted'}, kept state by dev {select}"
         )
     for note in notes:
         print(f"  {note}", file=sys.stderr)
@@ -632,7 +632,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="dev evaluation every N steps (default 40: 5 times in 200 steps, and 5 times in a shortened run); the best dev state is kept",
     )
     t.add_argument(
-        "--balance", choices=["auto", "weights", "none"], default="auto", help="class weights in the loss (auto: when the labels are skewed 1.5:1 or more)"
+        "--balance",
+        choices=["auto", "weights", "sampling", "none"],
+        default="auto",
+        help="class weights in the loss (auto: when the labels are skewed 1.5:1 or more), or class-balanced batches (sampling)",
     )
     t.add_argument(
         "--select", choices=["auto", "accuracy", "macro_f1"], default="auto", help="dev metric that picks the kept state (auto: macro-F1 when skewed)"

@@ -91,6 +91,34 @@ def _skewed_csv(path, n_major=90, n_minor=10):
     return path
 
 
+def test_class_balanced_batches_give_each_label_its_share_and_resume_to_the_batch(tmp_path, tiny_lm):
+    """``--balance sampling``: each batch holds every label to within one row, a minority row is drawn once per pass
+    over its label (not at random with replacement), the batches are a function of (seed, step), and a run trained
+    that way records it and trains on unweighted rows."""
+    from edgeprompt.core.methods import get_method
+    from edgeprompt.methods.prompt_tuning import PromptTuningConfig
+    from edgeprompt.train.loop import TrainConfig, _make_module, _Run, balanced_batch_indices, resolved
+
+    by_label = [np.arange(0, 90), np.arange(90, 100)]  # 90 of one label, 10 of the other
+    batches = [balanced_batch_indices(by_label, 8, 3, step) for step in range(5)]  # 40 rows: 20 of each label
+    assert [int((b >= 90).sum()) for b in batches] == [4] * 5  # half of every batch
+    minority = np.concatenate([b[b >= 90] for b in batches])
+    assert sorted(minority[:10].tolist()) == list(range(90, 100)) == sorted(minority[10:].tolist())  # two whole passes
+    assert [b.tolist() for b in batches] == [balanced_batch_indices(by_label, 8, 3, step).tolist() for step in range(5)]
+    assert batches[0].tolist() != balanced_batch_indices(by_label, 8, 4, 0).tolist()  # the seed orders them
+    three = [np.arange(0, 5), np.arange(5, 7), np.arange(7, 30)]
+    assert [np.bincount(np.searchsorted([5, 7], balanced_batch_indices(three, 8, 0, s), side="right"), minlength=3).tolist() for s in range(3)] == [
+        [3, 3, 2], [3, 2, 3], [2, 3, 3],
+    ]  # fmt: skip
+    data = load_file(_skewed_csv(tmp_path / "skew.csv"), dev=10, test=10)
+    cfg = TrainConfig(balance="sampling", steps=2, batch_size=4)
+    assert resolved(cfg, data)[0] == "sampling"
+    run = _Run(tiny_lm, data, _make_module(tiny_lm, data, get_method("prompt_tuning"), PromptTuningConfig(num_virtual_tokens=2), cfg), cfg, 0.1)
+    assert run.row_weight is None and [len(r) for r in run.by_label] == [sum(ex.label == lab for ex in data.train) for lab in data.spec.labels]
+    run.train_step()
+    assert run.step == 1
+
+
 def test_skewed_labels_get_class_weights_and_macro_f1_selection(tmp_path, tiny_lm):
     from edgeprompt.core.methods import get_method
     from edgeprompt.methods.prompt_tuning import PromptTuningConfig

@@ -53,7 +53,8 @@ class TrainConfig:
     eval_examples: int = 200  # dev examples per evaluation
     checkpoint_every: int = 50
     seed: int = 0
-    # class weights in the loss: auto (when the labels are skewed), weights, none. Without them, prefix tuning on drug
+    # class weights in the loss: auto (when the labels are skewed), weights, sampling (class-balanced batches, an
+    # unweighted loss: :func:`balanced_batch_indices`), none. Without them, prefix tuning on drug
     # reviews (seeds 0-2, benchmarks/sweep_small.md) had the same best dev macro-F1 (0.634 against 0.635) and a lower
     # mean of the last three scores (0.575 against 0.609): kept
     balance: str = "auto"
@@ -89,7 +90,7 @@ class TrainConfig:
         return base * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-BALANCE = ("auto", "weights", "none")
+BALANCE = ("auto", "weights", "sampling", "none")
 SELECT = ("auto", "accuracy", "macro_f1")
 CALIBRATION = ("auto", "content_free", "train_prior", "on", "off")  # on: content_free (the first one)
 OBJECTIVE = ("vocab", "labels")
@@ -202,6 +203,20 @@ def batch_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
         epoch, offset = divmod(start + len(out), n)
         perm = np.random.default_rng([seed, epoch]).permutation(n)
         out.extend(perm[offset : offset + batch_size - len(out)].tolist())
+    return np.array(out)
+
+
+def balanced_batch_indices(by_label: list[np.ndarray], batch_size: int, seed: int, step: int) -> np.ndarray:
+    """Class-balanced batches: the run's ``g``-th row (``g = step * batch_size + i``) is of label ``g % K`` (``K``:
+    the labels with training rows, ``by_label[k]`` the indices of label k's rows) and is the ``g // K``-th row of
+    that label's stream, epochs of seeded permutations of its rows. Each label fills a K-th of every batch (to one
+    row) and each of its rows is drawn once per pass over that label; a pure function of (seed, step), as
+    :func:`batch_indices` is, so a resumed run draws the same batches."""
+    K, out = len(by_label), []
+    for g in range(step * batch_size, (step + 1) * batch_size):
+        rows = by_label[g % K]
+        epoch, offset = divmod(g // K, len(rows))
+        out.append(int(rows[np.random.default_rng([seed, 1 + g % K, epoch]).permutation(len(rows))[offset]]))
     return np.array(out)
 
 
@@ -348,6 +363,8 @@ class _Run:
         self.balance, self.select = resolved(config, data)
         weights = class_weights(data) if self.balance == "weights" else None
         self.row_weight = None if weights is None else torch.tensor([weights[ex.label] for ex in data.train], dtype=torch.float32)
+        labels = np.array([ex.label for ex in data.train], dtype=object)
+        self.by_label = [np.flatnonzero(labels == lab) for lab in data.spec.labels if (labels == lab).any()] if self.balance == "sampling" else None
         self.label_tokens = label_tokens(self.enc) if config.objective == "labels" else None
         self.step = 0
         self.loop: dict[str, Any] = {"best_step": -1, "best_score": None, "best_dev": {}, "history": [], "loss_ema": None, "wall_s": 0.0}
@@ -364,7 +381,10 @@ class _Run:
     def train_step(self) -> None:
         """One optimizer step on the step's batch (the batch depends on the seed and step only)."""
         cfg, lm = self.config, self.lm
-        idx = batch_indices(len(self.data.train), cfg.batch_size, cfg.seed, self.step)
+        if self.by_label is not None:
+            idx = balanced_batch_indices(self.by_label, cfg.batch_size, cfg.seed, self.step)
+        else:
+            idx = batch_indices(len(self.data.train), cfg.batch_size, cfg.seed, self.step)
         batch = collate([self.encoded(i) for i in idx], lm.pad_token_id)
         for g in self.opt.param_groups:
             g["lr"] = cfg.lr_at(self.step, g["base_lr"])
