@@ -162,8 +162,7 @@ def small(args) -> None:
         f1s = [h["dev"]["macro_f1"] for h in res.history if "dev" in h]
         curve = ", ".join(f"{h['step']}:{h['dev']['macro_f1']:.3f}/{h['dev']['accuracy']:.2f}" for h in res.history if "dev" in h)
         label = f"{args.method} ({encoder}, mlp lr x{ratio:g})" if encoder else args.method
-        if resolved(tcfg, data)[0] != "weights":
-            label += {"none": ", no class weights", "sampling": ", class-balanced batches"}[resolved(tcfg, data)[0]]
+        label += {"none": ", no class weights", "sampling": ", class-balanced batches"}.get(resolved(tcfg, data)[0], "")
         if tcfg.objective != "vocab":
             label += f", {tcfg.objective} objective"
         row = (

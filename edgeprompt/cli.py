@@ -166,9 +166,8 @@ def cmd_train(args) -> int:
     balance, select = resolved(tcfg, data)
     if data.spec.kind == TaskKind.CLASSIFICATION:
         counts = label_counts(data)
-        notes.append(
-            f"labels {', '.join(f'{k} {v}' for k, v in counts.items())}: loss {'weighted by class' if balance == 'weights' else 'unweighted, class-balanced batches' if balance == 'sampling' else 'unweighted'}, kept state by dev {select}"
-        )
+        loss = {"weights": "weighted by class", "sampling": "unweighted, on class-balanced batches"}.get(balance, "unweighted")
+        notes.append(f"labels {', '.join(f'{k} {v}' for k, v in counts.items())}: loss {loss}, kept state by dev {select}")
     for note in notes:
         print(f"  {note}", file=sys.stderr)
     against = None
@@ -679,7 +678,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--max-length", type=int, default=None, help="cut texts to this many tokens, as training does (default: whole texts, as the runtimes take them)"
     )
-    e.add_argument("--no-baseline", action="store_true", help="skip the zero-shot baseline")
+    e.add_argument(
+        "--no-baseline",
+        action="store_true",
+        help="skip the zero-shot baseline (scored raw and under each correction; its train prior reads up to 1000 training texts)",
+    )
     e.add_argument("--json", action="store_true", help="print JSON")
     e.set_defaults(func=cmd_eval)
 

@@ -91,7 +91,7 @@ def _skewed_csv(path, n_major=90, n_minor=10):
     return path
 
 
-def test_class_balanced_batches_give_each_label_its_share_and_resume_to_the_batch(tmp_path, tiny_lm):
+def test_class_balanced_batches_give_each_label_its_share_as_a_function_of_seed_and_step(tmp_path, tiny_lm):
     """``--balance sampling``: each batch holds every label to within one row, a minority row is drawn once per pass
     over its label (not at random with replacement), the batches are a function of (seed, step), and a run trained
     that way records it and trains on unweighted rows."""
@@ -115,6 +115,10 @@ def test_class_balanced_batches_give_each_label_its_share_and_resume_to_the_batc
     assert resolved(cfg, data)[0] == "sampling"
     run = _Run(tiny_lm, data, _make_module(tiny_lm, data, get_method("prompt_tuning"), PromptTuningConfig(num_virtual_tokens=2), cfg), cfg, 0.1)
     assert run.row_weight is None and [len(r) for r in run.by_label] == [sum(ex.label == lab for ex in data.train) for lab in data.spec.labels]
+    # a label with no training rows takes no share (its rows cannot be drawn): the batches hold the labels there are
+    three = replace(data, spec=replace(data.spec, labels=[*data.spec.labels, "mixed"], verbalizers={**data.spec.verbalizers, "mixed": " mixed"}))
+    run = _Run(tiny_lm, three, _make_module(tiny_lm, three, get_method("prompt_tuning"), PromptTuningConfig(num_virtual_tokens=2), cfg), cfg, 0.1)
+    assert len(run.by_label) == 2 and sorted({three.train[i].label for i in balanced_batch_indices(run.by_label, 4, 0, 0)}) == sorted(data.spec.labels)
     run.train_step()
     assert run.step == 1
 
@@ -331,9 +335,11 @@ def test_the_zero_shot_is_one_yardstick_whatever_correction_the_task_kept(tmp_pa
     assert set(evaluate_task(tiny_lm, task, data.test)["zero_shot_calibrations"]) == {"content_free"}  # no training rows: no train prior
     kv, spec = instruction_kv(tiny_lm, data.spec), replace(data.spec, calibration=None)
     cals = {None: None, "cf": content_free_calibration(tiny_lm, kv, spec), "tp": train_prior_calibration(tiny_lm, kv, spec, data.train)}
+    cals["forced"] = Calibration([50.0, -50.0], "content_free", [])  # divides out the first label: every text is the second
     one_pass = evaluate_corrections(tiny_lm, kv, spec, data.test, cals)
     for name, c in cals.items():
         assert one_pass[name].to_dict() == evaluate(tiny_lm, kv, replace(spec, calibration=c), data.test).to_dict(), name
+    assert one_pass["forced"].to_dict()["never_predicted"] == [spec.labels[0]] != one_pass[None].to_dict()["never_predicted"]
 
 
 def test_the_quality_benchmark_sets_each_run_against_every_zero_shot_of_its_split(tmp_path, tiny_lm, monkeypatch):
@@ -364,6 +370,8 @@ def test_the_quality_benchmark_sets_each_run_against_every_zero_shot_of_its_spli
     assert quality.targets(runs).splitlines()[2].split(" | ")[5] == "against the raw, content_free zero-shot only"
     assert "| zero-shot calibrated (train_prior) | 2 |" in quality.table(runs)
     assert quality.zero_shot_bars(run(0, 0.5)) == {"raw": 0.2, "content_free": 0.3}  # recorded before: its task's correction alone
+    row = quality.targets([runs[0], run(1, 0.5)]).splitlines()[2].split(" | ")  # a bar not every seed was scored under says so
+    assert row[3] == "0.575 (raw 0.450 / content_free 0.550 / train_prior 0.700 (1 of 2 seeds))", row
     # --rescore-zero-shot: every after run of a split gets the split's baseline; a before run keeps its own
     data = load_file(_skewed_csv(tmp_path / "skew.csv"), dev=12, test=12, stratify=True)
     monkeypatch.setitem(quality.DATASETS, "d", lambda seed, stratify: (data, {}))

@@ -53,8 +53,8 @@ class TrainConfig:
     eval_examples: int = 200  # dev examples per evaluation
     checkpoint_every: int = 50
     seed: int = 0
-    # class weights in the loss: auto (when the labels are skewed), weights, sampling (class-balanced batches, an
-    # unweighted loss: :func:`balanced_batch_indices`), none. Without them, prefix tuning on drug
+    # skewed labels: auto (class weights when the labels are skewed), weights (in the loss), sampling (class-balanced
+    # batches, an unweighted loss: :func:`balanced_batch_indices`), none. Without class weights, prefix tuning on drug
     # reviews (seeds 0-2, benchmarks/sweep_small.md) had the same best dev macro-F1 (0.634 against 0.635) and a lower
     # mean of the last three scores (0.575 against 0.609): kept
     balance: str = "auto"

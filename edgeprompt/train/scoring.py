@@ -117,11 +117,13 @@ def generation_report(lm: FrozenLM, kv: KV | None, enc: Encoder, examples: list[
 
 
 def evaluate_corrections(
-    lm: FrozenLM, kv: KV | None, spec: TaskSpec, examples: list[Example], corrections: dict[str, Calibration | None], max_length: int | None = None
+    lm: FrozenLM, kv: KV | None, spec: TaskSpec, examples: list[Example], corrections: dict[str | None, Calibration | None], max_length: int | None = None
 ) -> dict:
     """One :class:`ClassificationReport` per label-prior correction (``None``: uncorrected), from one scoring pass:
     a correction only shifts the ``[N, K]`` label log-probabilities, so each report equals :func:`evaluate` under
-    ``replace(spec, calibration=c)``."""
+    ``replace(spec, calibration=c)``. Classification tasks only."""
+    if spec.kind != TaskKind.CLASSIFICATION:
+        raise EdgePromptError(f"a label-prior correction is for classification tasks; this task is {spec.kind}.")
     enc = Encoder(lm, spec, max_length, prefix_len=prefix_length(kv))
     lp = label_logprobs(lm, kv, enc, examples)
     gold = np.array([enc.label_index[ex.label] for ex in examples], dtype=np.int64)
