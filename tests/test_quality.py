@@ -548,6 +548,9 @@ def test_the_quality_benchmark_gives_runs_with_fixed_steps_their_own_rows(monkey
     assert "| PEFT beside after, labels objective, same wall time (250 steps, ours 200) | 1 |" in quality.table(runs)
     with pytest.raises(SystemExit):  # a before run would repeat one on record
         quality.main(["--P", "50", "--json", "/nonexistent/q.json"])
+    with pytest.raises(SystemExit):
+        quality.main(["--balance", "sampling", "--json", "/nonexistent/q.json"])
+    assert quality.arm_suffix({"given": {"balance": "sampling"}}) == ", sampling balance"
 
 
 def test_the_quality_benchmark_keeps_each_steps_group_s_peft_arms_apart(monkeypatch):
