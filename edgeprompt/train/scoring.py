@@ -117,7 +117,13 @@ def generation_report(lm: FrozenLM, kv: KV | None, enc: Encoder, examples: list[
 
 
 def evaluate_corrections(
-    lm: FrozenLM, kv: KV | None, spec: TaskSpec, examples: list[Example], corrections: dict[str | None, Calibration | None], max_length: int | None = None
+    lm: FrozenLM,
+    kv: KV | None,
+    spec: TaskSpec,
+    examples: list[Example],
+    corrections: dict[str | None, Calibration | None],
+    max_length: int | None = None,
+    batch_size: int = 32,
 ) -> dict:
     """One :class:`ClassificationReport` per label-prior correction (``None``: uncorrected), from one scoring pass:
     a correction only shifts the ``[N, K]`` label log-probabilities, so each report equals :func:`evaluate` under
@@ -125,7 +131,7 @@ def evaluate_corrections(
     if spec.kind != TaskKind.CLASSIFICATION:
         raise EdgePromptError(f"a label-prior correction is for classification tasks; this task is {spec.kind}.")
     enc = Encoder(lm, spec, max_length, prefix_len=prefix_length(kv))
-    lp = label_logprobs(lm, kv, enc, examples)
+    lp = label_logprobs(lm, kv, enc, examples, batch_size)
     gold = np.array([enc.label_index[ex.label] for ex in examples], dtype=np.int64)
     return {name: classification_report(gold, replace(spec, calibration=c).decide(lp).argmax(1), spec.labels) for name, c in corrections.items()}
 
@@ -135,9 +141,6 @@ def evaluate(lm: FrozenLM, kv: KV | None, spec: TaskSpec, examples: list[Example
 
     ``max_length=None``: texts as the runtimes take them (see :class:`~edgeprompt.train.batching.Encoder`).
     """
-    enc = Encoder(lm, spec, max_length, prefix_len=prefix_length(kv))
-    if spec.kind == TaskKind.CLASSIFICATION:
-        lp = label_logprobs(lm, kv, enc, examples, batch_size)
-        gold = np.array([enc.label_index[ex.label] for ex in examples], dtype=np.int64)
-        return classification_report(gold, spec.decide(lp).argmax(1), spec.labels)  # calibrated when the task is
-    return generation_report(lm, kv, enc, examples, batch_size)
+    if spec.kind == TaskKind.CLASSIFICATION:  # calibrated when the task is
+        return evaluate_corrections(lm, kv, spec, examples, {None: spec.calibration}, max_length, batch_size)[None]
+    return generation_report(lm, kv, Encoder(lm, spec, max_length, prefix_len=prefix_length(kv)), examples, batch_size)

@@ -125,9 +125,10 @@ def choose_calibration(lm: FrozenLM, kv, spec: TaskSpec, dev: list[Example], sel
     divided_out = dict(zip(spec.labels, [round(float(np.exp(x)), 4) for x in cal.log_prior]))
     rec: dict[str, Any] = {"select": select, "candidates": {method: {"divided_out": divided_out}}}
     kept = None if mode == "auto" else method
-    if dev:
-        rec["dev_without"] = report_dict(raw := evaluate(lm, kv, spec, dev))
-        rep = evaluate(lm, kv, replace(spec, calibration=cal), dev)
+    if dev:  # one scoring pass of dev, read with and without the correction
+        reps = evaluate_corrections(lm, kv, replace(spec, calibration=None), dev, {None: None, method: cal})
+        raw, rep = reps[None], reps[method]
+        rec["dev_without"] = report_dict(raw)
         rec["candidates"][method]["dev"] = report_dict(rep)
         if mode == "auto" and dev_score(rep, select) >= dev_score(raw, select):
             kept = method
