@@ -126,7 +126,7 @@ def choose_calibration(lm: FrozenLM, kv, spec: TaskSpec, dev: list[Example], sel
     rec: dict[str, Any] = {"select": select, "candidates": {method: {"divided_out": divided_out}}}
     kept = None if mode == "auto" else method
     if dev:  # one scoring pass of dev, read with and without the correction
-        reps = evaluate_corrections(lm, kv, replace(spec, calibration=None), dev, {None: None, method: cal})
+        reps = evaluate_corrections(lm, kv, spec, dev, {None: None, method: cal})  # each entry sets the correction
         raw, rep = reps[None], reps[method]
         rec["dev_without"] = report_dict(raw)
         rec["candidates"][method]["dev"] = report_dict(rep)
