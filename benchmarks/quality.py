@@ -156,6 +156,17 @@ BEFORE = {"balance": "none", "select": "accuracy", "calibration": "off", "eval_e
 BEFORE_LR = {"prefix": 0.3}
 
 
+def run_environment() -> dict:
+    """The machine a run trains on: its CPU model and the flags that pick float kernels, its cores, torch's version.
+    A seed's trajectory reproduces on one machine, not across machines (quality.md: SMS spam prompt tuning seed 4)."""
+    import torch
+
+    from edgeprompt.profile.environment import environment
+
+    env = environment()
+    return {"cpu": env["cpu"], "kernel_flags": env["kernel_flags"], "cores": env["cores"], "torch": torch.__version__}
+
+
 def run_one(
     lm, lm_dir: str, name: str, method: str, seed: int, variant: str, work: Path, peft: bool, steps: int | None = None, given: dict | None = None
 ) -> dict:
@@ -194,6 +205,7 @@ def run_one(
         "wall_s": round(wall, 1),
         "train_s": summary["wall_time_s"],  # training alone: the PEFT and LoRA arms' budget
         "threads": task.manifest["training"]["torch_threads"],
+        "environment": run_environment(),
         "test": summary["test"],
         "zero_shot": summary["zero_shot_test"],
         "zero_shot_calibrated": summary.get("zero_shot_calibrated_test"),

@@ -369,6 +369,8 @@ def test_the_quality_benchmark_sets_each_run_against_every_zero_shot_of_its_spli
     runs[1]["test"] = rep(0.6)  # mean 0.625: over the raw and content-free bars only
     assert quality.targets(runs).splitlines()[2].split(" | ")[5] == "against the raw, content_free zero-shot only"
     assert "| zero-shot calibrated (train_prior) | 2 |" in quality.table(runs)
+    env = quality.run_environment()  # each run records the machine it trained on
+    assert sorted(env) == ["cores", "cpu", "kernel_flags", "torch"] and env["cpu"] and env["cores"] >= 1, env
     assert quality.zero_shot_bars(run(0, 0.5)) == {"raw": 0.2, "content_free": 0.3}  # recorded before: its task's correction alone
     row = quality.targets([runs[0], run(1, 0.5)]).splitlines()[2].split(" | ")  # a bar not every seed was scored under says so
     assert row[3] == "0.575 (raw 0.450 / content_free 0.550 / train_prior 0.700 (1 of 2 seeds))", row
