@@ -172,7 +172,8 @@ def run_one(
 ) -> dict:
     """One arm on one split; ``steps`` (*after* only) fixes the training steps as ``edgeprompt train --steps`` does,
     the rest still adapting to the data (dev is then scored every ``eval_every`` steps, the default 40). ``given``
-    (*after* only): settings other than the defaults, ``P`` (prompt length), ``objective`` and ``balance``; the rows say them."""
+    (*after* only): settings other than the defaults, ``P`` (prompt length), ``objective``, ``balance`` and ``init``
+    (the prompt's initialisation); the rows say them."""
     from edgeprompt.core.bank import PromptBank
     from edgeprompt.core.methods import get_method
     from edgeprompt.train.loop import TrainConfig, adapt_to_dataset
@@ -181,7 +182,8 @@ def run_one(
     after = variant == "after"
     data, load_args = DATASETS[name](seed, after)
     m = get_method(method + ("_tuning" if not method.endswith("_tuning") else ""))
-    defaults = {"P": m.config_cls().num_virtual_tokens, "objective": TrainConfig.objective, "balance": TrainConfig.balance}
+    mdefault = m.config_cls()
+    defaults = {"P": mdefault.num_virtual_tokens, "objective": TrainConfig.objective, "balance": TrainConfig.balance, "init": mdefault.init.value}
     given = {k: v for k, v in (given or {}).items() if after and v != defaults[k]}  # a default is no arm of its own
     if after:
         fixed = ({"steps": steps} if steps else {}) | {k: given[k] for k in ("objective", "balance") if k in given}
@@ -190,7 +192,7 @@ def run_one(
         cfg, notes = TrainConfig(seed=seed, lr=BEFORE_LR.get(method), **BEFORE), []
     bank = PromptBank(work / f"bank-{name}-{seed}-{variant}")
     t0 = time.perf_counter()
-    mcfg = m.config_cls(**({"num_virtual_tokens": given["P"]} if "P" in given else {}))
+    mcfg = m.config_cls(**({"num_virtual_tokens": given["P"]} if "P" in given else {}), **({"init": given["init"]} if "init" in given else {}))
     task, summary = train_task(lm, data, load_args, m.name, mcfg, cfg, bank, f"{name}-{method}", overwrite=True, progress=False)
     wall = time.perf_counter() - t0
     out = {
@@ -516,6 +518,12 @@ def main(argv=None) -> int:
     ap.add_argument("--P", type=int, default=None, help="the *after* arm's prompt length (default: the method's); its rows say so")
     ap.add_argument("--objective", choices=["vocab", "labels"], default=None, help="the *after* arm's training objective (default: vocab); its rows say so")
     ap.add_argument("--balance", choices=["weights", "sampling", "none"], default=None, help="the *after* arm's --balance (default: auto); its rows say so")
+    ap.add_argument(
+        "--init",
+        choices=["text", "labels", "vocab", "random"],
+        default=None,
+        help="the *after* arm's prompt initialisation (default: the method's); its rows say so",
+    )
     ap.add_argument("--model", default="default")
     ap.add_argument("--json", default=str(HERE / "quality.json"))
     ap.add_argument("--md", default=str(HERE / "quality.md"))
@@ -529,8 +537,15 @@ def main(argv=None) -> int:
         "--datasets and --seeds limit the splits), then rebuild --md",
     )
     args = ap.parse_args(argv)
-    if "before" in args.variants and any(v is not None for v in (args.steps, args.P, args.objective, args.balance)):
-        ap.error("--steps, --P, --objective and --balance set the after arm: pass --variants after (a before run would repeat one on record)")
+    if "before" in args.variants and any(v is not None for v in (args.steps, args.P, args.objective, args.balance, args.init)):
+        ap.error("--steps, --P, --objective, --balance and --init set the after arm: pass --variants after (a before run would repeat one on record)")
+    if args.init is not None:
+        from edgeprompt.core.methods import get_method
+
+        for method in args.methods:
+            inits = [i.value for i in get_method(method + "_tuning").config_cls.init_enum]
+            if args.init not in inits:
+                ap.error(f"--init {args.init}: {method} tuning initialises from one of {', '.join(inits)}; pass one of those or --methods without {method}")
     from edgeprompt.core.files import atomic_write_bytes
 
     if args.render:
@@ -557,7 +572,7 @@ def main(argv=None) -> int:
             for seed in args.seeds or [0, 1, 2]:
                 for variant in args.variants:
                     lm = FrozenLM.load(lm_dir)
-                    given = {k: v for k, v in (("P", args.P), ("objective", args.objective), ("balance", args.balance)) if v is not None}
+                    given = {k: v for k, v in (("P", args.P), ("objective", args.objective), ("balance", args.balance), ("init", args.init)) if v is not None}
                     r = run_one(lm, lm_dir, name, method, seed, variant, work, peft=not args.no_peft, steps=args.steps, given=given)
                     r["commit"] = commit
                     runs.append(r)
