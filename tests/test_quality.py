@@ -501,7 +501,7 @@ def test_gains_are_measured_against_the_baseline_best_at_each_metric():
     assert cal.accuracy < raw.accuracy and cal.macro_f1 > raw.macro_f1  # the two baselines each win one metric
 
 
-def test_the_quality_benchmark_gives_runs_with_fixed_steps_their_own_rows(monkeypatch):
+def test_the_quality_benchmark_gives_runs_with_fixed_steps_their_own_rows(monkeypatch, capsys):
     """``benchmarks/quality.py --steps 400``: those runs are a row of their own in both tables (a 400-step mean
     folded into the 200-step one would hide which settings scored what), and the zero-shot and majority rows come
     from the default runs alone (one entry per split, not one per run on it)."""
@@ -553,6 +553,13 @@ def test_the_quality_benchmark_gives_runs_with_fixed_steps_their_own_rows(monkey
     with pytest.raises(SystemExit):
         quality.main(["--balance", "sampling", "--json", "/nonexistent/q.json"])
     assert quality.arm_suffix({"given": {"balance": "sampling"}}) == ", sampling balance"
+    assert quality.arm_suffix({"given": {"init": "labels"}}) == ", labels init"
+    with pytest.raises(SystemExit):
+        quality.main(["--init", "labels", "--json", "/nonexistent/q.json"])
+    # prefix tuning starts from text or random: --init labels is refused before any model loads, naming the choices
+    with pytest.raises(SystemExit) as e:
+        quality.main(["--methods", "prefix", "--variants", "after", "--init", "labels", "--json", "/nonexistent/q.json"])
+    assert e.value.code == 2 and "--init labels: prefix tuning initialises from one of text, random" in capsys.readouterr().err
 
 
 def test_the_quality_benchmark_keeps_each_steps_group_s_peft_arms_apart(monkeypatch):
