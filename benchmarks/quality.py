@@ -323,7 +323,7 @@ def targets(runs: list[dict]) -> str:
     rows = [
         f"| dataset | method | accuracy (target: majority + {ACC_OVER_MAJORITY:.2f}) | macro-F1 (target: each zero-shot + {F1_OVER_ZERO_SHOT}) "
         "| every label | met "
-        "| per seed: macro-F1 over its split's highest bar, mean ± sd (seeds meeting it) |",
+        "| per seed: macro-F1 over its split's highest bar, mean ± sd (standard error of the mean; seeds meeting it) |",
         "|---|---|---|---|---|---|---|",
     ]
     keys = sorted({(r["dataset"], r["method"]) for r in runs if r["variant"] == "after"})
@@ -349,13 +349,31 @@ def targets(runs: list[dict]) -> str:
 
 def _paired(after: list[dict]) -> str:
     """Each seed's test macro-F1 minus its split's highest bar (its best zero-shot + 0.25): the mean is the mean
-    gap; the sd and the count of seeds meeting it say whether the gap on the mean holds seed by seed. (The bars
-    themselves vary by split; on these sets a split that is hard for the prompt is not the one that is hard for the
-    zero-shot, so this does not cancel the split's effect.)"""
+    gap; the sd and the count of seeds meeting it say whether the gap on the mean holds seed by seed, and the
+    standard error (sd / sqrt(seeds): each seed draws its own split) how far the mean gap itself is resolved. (The
+    bars themselves vary by split; on these sets a split that is hard for the prompt is not the one that is hard for
+    the zero-shot, so this does not cancel the split's effect.)"""
     m = [r["test"]["macro_f1"] - max(zero_shot_bars(r).values()) - F1_OVER_ZERO_SHOT for r in after]
     sd = f" ± {statistics.stdev(m):.3f}" if len(m) > 1 else ""
+    se = f"se {statistics.stdev(m) / len(m) ** 0.5:.3f}; " if len(m) > 1 else ""
     met = sum(round(x, 4) >= 0 for x in m)  # a run on the bar to float noise meets it
-    return f"{round(statistics.fmean(m), 3) + 0.0:+.3f}{sd} ({met} of {len(m)})"  # + 0.0: no "-0.000"
+    return f"{round(statistics.fmean(m), 3) + 0.0:+.3f}{sd} ({se}{met} of {len(m)})"  # + 0.0: no "-0.000"
+
+
+def macro_f1_test_sd(report: dict, resamples: int = 2000, seed: int = 0) -> float | None:
+    """The sd of a run's test macro-F1 over bootstrap resamples of its test rows (drawn from the confusion matrix,
+    ``[gold, predicted]``): how much of a seed's score is which rows its test split happened to draw, with the
+    model held fixed. None for a report without a confusion matrix."""
+    import numpy as np
+
+    cm = np.asarray(report.get("confusion") or [], dtype=np.int64)
+    if cm.ndim != 2 or cm.sum() == 0:
+        return None
+    k, n = len(cm), int(cm.sum())
+    counts = np.random.default_rng(seed).multinomial(n, (cm / n).ravel(), size=resamples).reshape(resamples, k, k)
+    tp, gold, pred = np.diagonal(counts, axis1=1, axis2=2), counts.sum(2), counts.sum(1)
+    f1 = np.where(gold + pred > 0, 2 * tp / np.maximum(gold + pred, 1), 0.0)  # a label absent from both: F1 0, as report_dict
+    return float(f1.mean(1).std())
 
 
 def _steps(runs: list[dict], arm: str) -> str:
@@ -434,11 +452,11 @@ def _short(commit: str | None) -> str:
 
 def per_run(runs: list[dict]) -> str:
     """One row per run, the figures the means above are made of: the state kept (step), the correction kept and
-    its dev margin, the test scores of ours and of the peers beside it, the torch threads it trained with (from its
-    manifest; they set the order of float sums, so two thread counts give two trajectories) and the commit it ran
-    from."""
+    its dev margin, the test scores of ours (macro-F1 with its test-sampling sd, ``macro_f1_test_sd``) and of the
+    peers beside it, the torch threads it trained with (from its manifest; they set the order of float sums, so two
+    thread counts give two trajectories) and the commit it ran from."""
     rows = [
-        "| dataset | method | seed | arm | steps (kept) | correction, dev margin over none | accuracy | macro-F1 | PEFT | LoRA | threads | commit |",
+        "| dataset | method | seed | arm | steps (kept) | correction, dev margin over none | accuracy | macro-F1 (± test sampling) | PEFT | LoRA | threads | commit |",
         "|---|---|---:|---|---|---|---:|---:|---|---|---:|---|",
     ]
 
@@ -450,9 +468,10 @@ def per_run(runs: list[dict]) -> str:
         arm = r["variant"] + arm_suffix(r)
         best = (r.get("training") or {}).get("best_step")
         peers = [pair(r[a]["test"]) + f" ({r[a]['steps']} steps)" if a in r else "-" for a in ("peft", "lora")]
+        sd = macro_f1_test_sd(r["test"])
         rows.append(
             f"| {r['dataset']} | {r['method']} | {r['seed']} | {arm} | {r['steps']} ({best if best is not None else '-'}) | {_margin(r)} | "
-            f"{r['test']['accuracy']:.3f} | {r['test']['macro_f1']:.3f} | {peers[0]} | {peers[1]} | {r.get('threads', '-')} | {_short(r.get('commit'))} |"
+            f"{r['test']['accuracy']:.3f} | {r['test']['macro_f1']:.3f}{f' ± {sd:.3f}' if sd is not None else ''} | {peers[0]} | {peers[1]} | {r.get('threads', '-')} | {_short(r.get('commit'))} |"
         )
     return "\n".join(rows)
 

@@ -365,7 +365,7 @@ def test_the_quality_benchmark_sets_each_run_against_every_zero_shot_of_its_spli
     runs = [run(0, 0.65, {"content_free": rep(0.3), "train_prior": rep(0.45)}), run(1, 0.75, {"content_free": rep(0.3), "train_prior": rep(0.45)})]
     row = quality.targets(runs).splitlines()[2].split(" | ")
     assert row[3] == "0.700 (raw 0.450 / content_free 0.550 / train_prior 0.700)", row
-    assert row[5] == "yes" and row[6] == "+0.000 ± 0.071 (1 of 2) |"  # 0.65 - 0.70 and 0.75 - 0.70: the train-prior bar
+    assert row[5] == "yes" and row[6] == "+0.000 ± 0.071 (se 0.050; 1 of 2) |"  # 0.65 - 0.70 and 0.75 - 0.70: the train-prior bar; 0.071 / sqrt(2)
     runs[1]["test"] = rep(0.6)  # mean 0.625: over the raw and content-free bars only
     assert quality.targets(runs).splitlines()[2].split(" | ")[5] == "against the raw, content_free zero-shot only"
     assert "| zero-shot calibrated (train_prior) | 2 |" in quality.table(runs)
@@ -501,6 +501,31 @@ def test_gains_are_measured_against_the_baseline_best_at_each_metric():
     assert cal.accuracy < raw.accuracy and cal.macro_f1 > raw.macro_f1  # the two baselines each win one metric
 
 
+def test_a_run_s_test_sampling_sd_is_a_bootstrap_of_its_test_rows(monkeypatch):
+    """``macro_f1_test_sd`` resamples the confusion matrix's cells; resampling the rows themselves and scoring each
+    draw with ``classification_report`` (the scorer eval uses) gives the same sd to Monte Carlo error: an sd
+    estimated from B draws has a relative sd of about 1 / sqrt(2 B), 1.6% at B = 2000 (so 5 of those for two
+    independent estimates: 11%)."""
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import quality
+
+    labels = ["negative", "neutral", "positive"]
+    cm = np.array([[60, 10, 8], [9, 8, 11], [12, 14, 168]])  # a drug-review-like split: 300 rows, 28 neutral
+    gold = np.repeat(np.repeat(np.arange(3), 3), cm.ravel())
+    pred = np.repeat(np.tile(np.arange(3), 3), cm.ravel())
+    report = classification_report(gold, pred, labels).to_dict()
+    assert report["confusion"] == cm.tolist()
+    rng = np.random.default_rng(1)
+    draws = [classification_report(gold[i], pred[i], labels).macro_f1 for i in rng.integers(0, len(gold), (2000, len(gold)))]
+    ours = quality.macro_f1_test_sd(report)
+    assert ours == pytest.approx(float(np.std(draws)), rel=5 * (2 / (2 * 2000)) ** 0.5), (ours, np.std(draws))
+    assert ours == quality.macro_f1_test_sd(report)  # seeded: a table rebuilt from the same runs says the same
+    assert quality.macro_f1_test_sd(classification_report(gold, gold, labels).to_dict()) == 0.0  # every row right, every draw 1.0
+    assert quality.macro_f1_test_sd({"macro_f1": 0.5}) is None  # a run recorded without its confusion matrix
+
+
 def test_the_quality_benchmark_gives_runs_with_fixed_steps_their_own_rows(monkeypatch, capsys):
     """``benchmarks/quality.py --steps 400``: those runs are a row of their own in both tables (a 400-step mean
     folded into the 200-step one would hide which settings scored what), and the zero-shot and majority rows come
@@ -526,7 +551,7 @@ def test_the_quality_benchmark_gives_runs_with_fixed_steps_their_own_rows(monkey
     assert all(r.split(" | ")[3] == "2" for r in rows[2:])  # zero-shot, calibrated, majority: the two default splits
     targets = [r.split(" | ")[1:3] + [r.split(" | ")[6].removesuffix(" |")] for r in quality.targets(runs).splitlines()[2:]]
     # per seed, against its split's highest bar (0.3 + 0.25): 0.5 - 0.55 and 0.6 - 0.55
-    assert targets == [["prefix", "0.750 (0.700)", "+0.000 ± 0.071 (1 of 2)"], ["prefix, 400 steps", "0.900 (0.700)", "+0.150 (1 of 1)"]]
+    assert targets == [["prefix", "0.750 (0.700)", "+0.000 ± 0.071 (se 0.050; 1 of 2)"], ["prefix, 400 steps", "0.900 (0.700)", "+0.150 (1 of 1)"]]
     on_bar = {
         "test": {"macro_f1": 0.6172},
         "zero_shot": {"macro_f1": 0.3},
