@@ -504,8 +504,8 @@ def test_gains_are_measured_against_the_baseline_best_at_each_metric():
 def test_a_run_s_test_sampling_sd_is_a_bootstrap_of_its_test_rows(monkeypatch):
     """``macro_f1_test_sd`` resamples the confusion matrix's cells; resampling the rows themselves and scoring each
     draw with ``classification_report`` (the scorer eval uses) gives the same sd to Monte Carlo error: an sd
-    estimated from B draws has a relative sd of about 1 / sqrt(2 B), 1.6% at B = 2000 (so 5 of those for two
-    independent estimates: 11%)."""
+    estimated from B draws has a relative sd of about 1 / sqrt(2 B), 1.6% at B = 2000, and the difference of two
+    independent estimates sqrt(2) times that, 2.2%; the test allows five times it, 11%."""
     from pathlib import Path
 
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -520,7 +520,7 @@ def test_a_run_s_test_sampling_sd_is_a_bootstrap_of_its_test_rows(monkeypatch):
     rng = np.random.default_rng(1)
     draws = [classification_report(gold[i], pred[i], labels).macro_f1 for i in rng.integers(0, len(gold), (2000, len(gold)))]
     ours = quality.macro_f1_test_sd(report)
-    assert ours == pytest.approx(float(np.std(draws)), rel=5 * (2 / (2 * 2000)) ** 0.5), (ours, np.std(draws))
+    assert ours == pytest.approx(float(np.std(draws)), rel=5 * 2**0.5 / (2 * 2000) ** 0.5), (ours, np.std(draws))
     assert ours == quality.macro_f1_test_sd(report)  # seeded: a table rebuilt from the same runs says the same
     assert quality.macro_f1_test_sd(classification_report(gold, gold, labels).to_dict()) == 0.0  # every row right, every draw 1.0
     assert quality.macro_f1_test_sd({"macro_f1": 0.5}) is None  # a run recorded without its confusion matrix
