@@ -537,12 +537,7 @@ def main(argv=None) -> int:
     ap.add_argument("--P", type=int, default=None, help="the *after* arm's prompt length (default: the method's); its rows say so")
     ap.add_argument("--objective", choices=["vocab", "labels"], default=None, help="the *after* arm's training objective (default: vocab); its rows say so")
     ap.add_argument("--balance", choices=["weights", "sampling", "none"], default=None, help="the *after* arm's --balance (default: auto); its rows say so")
-    ap.add_argument(
-        "--init",
-        choices=["text", "labels", "vocab", "random"],
-        default=None,
-        help="the *after* arm's prompt initialisation (default: the method's); its rows say so",
-    )
+    ap.add_argument("--init", default=None, help="the *after* arm's prompt initialisation, one of its method's (default: the method's); its rows say so")
     ap.add_argument("--model", default="default")
     ap.add_argument("--json", default=str(HERE / "quality.json"))
     ap.add_argument("--md", default=str(HERE / "quality.md"))
@@ -556,7 +551,9 @@ def main(argv=None) -> int:
         "--datasets and --seeds limit the splits), then rebuild --md",
     )
     args = ap.parse_args(argv)
-    if "before" in args.variants and any(v is not None for v in (args.steps, args.P, args.objective, args.balance, args.init)):
+    # the settings that make an arm of their own, once for every run
+    given = {k: v for k, v in (("P", args.P), ("objective", args.objective), ("balance", args.balance), ("init", args.init)) if v is not None}
+    if "before" in args.variants and (args.steps is not None or given):
         ap.error("--steps, --P, --objective, --balance and --init set the after arm: pass --variants after (a before run would repeat one on record)")
     if args.init is not None:
         from edgeprompt.core.methods import get_method
@@ -591,7 +588,6 @@ def main(argv=None) -> int:
             for seed in args.seeds or [0, 1, 2]:
                 for variant in args.variants:
                     lm = FrozenLM.load(lm_dir)
-                    given = {k: v for k, v in (("P", args.P), ("objective", args.objective), ("balance", args.balance), ("init", args.init)) if v is not None}
                     r = run_one(lm, lm_dir, name, method, seed, variant, work, peft=not args.no_peft, steps=args.steps, given=given)
                     r["commit"] = commit
                     runs.append(r)
