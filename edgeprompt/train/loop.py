@@ -56,8 +56,9 @@ class TrainConfig:
     # skewed labels: auto (class weights when the labels are skewed), weights (in the loss), sampling (class-balanced
     # batches, an unweighted loss: :func:`balanced_batch_indices`), none. Without class weights, prefix tuning on drug
     # reviews (seeds 0-2, benchmarks/sweep_small.md) had the same best dev macro-F1 (0.634 against 0.635) and a lower
-    # mean of the last three scores (0.575 against 0.609): kept. Class-balanced batches scored the same on test (seeds
-    # 0-4, 0.602 against 0.605, benchmarks/quality.md) for a higher dev score: not the default
+    # mean of the last three scores (0.575 against 0.609): kept. Class-balanced batches scored the same on test (prefix
+    # tuning, seeds 0-4, 0.602 against 0.605, benchmarks/quality.md) for a higher dev score, and lower with prompt
+    # tuning (seeds 0-5, 0.559 against 0.579, lower on 5 of 6): not the default
     balance: str = "auto"
     select: str = "auto"  # the dev metric that picks the kept state: auto (macro-F1 when skewed), accuracy, macro_f1
     # label-prior correction: auto (train_prior, or content_free without training rows, if dev keeps it over none),
