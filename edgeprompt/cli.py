@@ -114,7 +114,7 @@ def _load_data(args, spec=None):
 def cmd_train(args) -> int:
     from edgeprompt.core.bank import PromptBank
     from edgeprompt.core.methods import all_methods, config_from_dict, get_method
-    from edgeprompt.train.loop import TrainConfig, adapt_to_dataset, label_counts, resolved
+    from edgeprompt.train.loop import TrainConfig, adapt_to_dataset, dev_resolution_note, label_counts, resolved
     from edgeprompt.train.models import FrozenLM
     from edgeprompt.train.workflows import format_reports, train_task
 
@@ -168,6 +168,9 @@ def cmd_train(args) -> int:
         counts = label_counts(data)
         loss = {"weights": "weighted by class", "sampling": "unweighted, on class-balanced batches"}.get(balance, "unweighted")
         notes.append(f"labels {', '.join(f'{k} {v}' for k, v in counts.items())}: loss {loss}, kept state by dev {select}")
+        thin = dev_resolution_note(data, tcfg)
+        if thin:
+            notes.append(thin)
     for note in notes:
         print(f"  {note}", file=sys.stderr)
     against = None

@@ -192,6 +192,31 @@ def test_defaults_adapt_to_small_data_and_say_so():
     assert adapt_to_data(TrainConfig(), n_train=36_000)[0] == TrainConfig()  # large data: the defaults as they are
 
 
+def test_a_thin_dev_split_is_said():
+    """Dev rows of the rarest label, counted among the scored ones (eval_examples): 9 rows make one row 11% of its
+    recall (said), 20 do not; a label with training rows but none on dev is named; generation says nothing."""
+    from edgeprompt.core.data import Dataset
+    from edgeprompt.core.tasks import TaskSpec
+    from edgeprompt.train.loop import THIN_DEV_ROWS, TrainConfig, dev_resolution_note
+
+    spec = TaskSpec(template="{text}\nLabel:", labels=["negative", "neutral", "positive"])
+    train = [Example(f"t{i}", lab) for i, lab in enumerate(["negative", "neutral", "positive"] * 10)]
+
+    def rows(**n):
+        return [Example(f"d{lab}{i}", lab) for lab, k in n.items() for i in range(k)]
+
+    note = dev_resolution_note(Dataset("d", spec, train, rows(negative=26, neutral=9, positive=65), [], "t"), TrainConfig())
+    assert note is not None and "9 neutral rows" in note and "11%" in note and "100 rows scored" in note
+    thick = Dataset("d", spec, train, rows(negative=30, neutral=THIN_DEV_ROWS, positive=50), [], "t")
+    assert dev_resolution_note(thick, TrainConfig()) is None
+    # only the scored rows count: eval_examples=60 scores 30 negative, 20 neutral, 10 positive
+    assert "10 positive rows" in dev_resolution_note(thick, TrainConfig(eval_examples=60))
+    none = dev_resolution_note(Dataset("d", spec, train, rows(negative=50, positive=50), [], "t"), TrainConfig())
+    assert "no neutral rows" in none
+    gen = TaskSpec(kind="generation", template="Q: {text}\nA:")
+    assert dev_resolution_note(Dataset("g", gen, train, rows(a=3), [], "t"), TrainConfig()) is None
+
+
 def test_reports_show_precision_recall_and_warn_when_a_label_is_never_predicted():
     rep = classification_report(np.array([0, 0, 0, 1, 2]), np.array([0, 0, 1, 1, 0]), ["a", "b", "c"])
     assert rep.never_predicted == ["c"]
@@ -231,6 +256,7 @@ def test_train_raises_max_length_for_long_texts_and_says_so(tiny_model_dir, tmp_
     args = ["train", "--model", str(tiny_model_dir), "--bank", str(bank), "--data", str(path), "--steps", "2", "-P", "2", "--quiet", "--no-test"]
     r = run_cli([*args, "--name", "auto"], env)
     assert "max length" in r.stderr and "(not 96)" in r.stderr, r.stderr
+    assert "rows scored) has 3 " in r.stderr and "33% of its recall" in r.stderr, r.stderr  # 6 dev rows of 60: 3 a label
     got = PromptBank(bank).task("auto").manifest[TaskKeys.TRAINING]["train_config"]["max_length"]
     assert got > 96 and f"max length {got} (not 96)" in r.stderr
     r = run_cli([*args, "--name", "given", "--max-length", "64"], env)

@@ -102,6 +102,9 @@ SETTINGS_ADDED = {"objective": "vocab"}
 #: Labels are *skewed* when the most frequent is this many times the least frequent in the training split: then
 #: ``auto`` weighs the loss by class and picks the kept state by dev macro-F1 (accuracy rewards the majority).
 SKEW_RATIO = 1.5
+#: :func:`dev_resolution_note` speaks when the rarest label has fewer scored dev rows than this: one row is then
+#: over 5% of its recall.
+THIN_DEV_ROWS = 20
 
 
 def label_counts(data: Dataset) -> dict[str, int]:
@@ -109,6 +112,25 @@ def label_counts(data: Dataset) -> dict[str, int]:
     for ex in data.train:
         counts[ex.label] = counts.get(ex.label, 0) + 1
     return counts
+
+
+def dev_resolution_note(data: Dataset, config: TrainConfig) -> str | None:
+    """What the dev split can tell apart, said when it is coarse: the scored dev rows (the first
+    ``config.eval_examples``) of the rarest label, when fewer than :data:`THIN_DEV_ROWS`. One such row is
+    ``1/n`` of that label's recall, so states whose dev macro-F1 differ by about that much are picked between by
+    chance (drug reviews: 9 *neutral* rows in 100, and dev preferred class-balanced batches on four seeds that all
+    scored lower on test, benchmarks/quality.md). None for generation, or when every label has enough rows."""
+    if data.spec.kind != TaskKind.CLASSIFICATION or not data.dev:
+        return None
+    dev = data.dev[: config.eval_examples]
+    counts = {lab: sum(ex.label == lab for ex in dev) for lab in data.spec.labels}
+    missing = [lab for lab, c in counts.items() if c == 0 and label_counts(data).get(lab)]
+    if missing:
+        return f"dev ({len(dev)} rows scored) has no {', '.join(missing)} rows: the kept state cannot be chosen on finding them; give dev rows of every label (--dev, for files)"
+    lab, n = min(counts.items(), key=lambda kv: kv[1])
+    if n >= THIN_DEV_ROWS:
+        return None
+    return f"dev ({len(dev)} rows scored) has {n} {lab} rows: one is {1 / n:.0%} of its recall, so the kept state is picked at that resolution; a larger dev split resolves it finer (--dev, for files)"
 
 
 def is_skewed(data: Dataset) -> bool:
