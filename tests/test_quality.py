@@ -213,6 +213,8 @@ def test_a_thin_dev_split_is_said():
     assert "10 positive rows" in dev_resolution_note(thick, TrainConfig(eval_examples=60))
     none = dev_resolution_note(Dataset("d", spec, train, rows(negative=50, positive=50), [], "t"), TrainConfig())
     assert "no neutral rows" in none
+    unused = TaskSpec(template="{text}\nLabel:", labels=["negative", "neutral", "positive", "unused"])  # no rows anywhere
+    assert "9 neutral rows" in dev_resolution_note(Dataset("d", unused, train, rows(negative=26, neutral=9, positive=65), [], "t"), TrainConfig())
     gen = TaskSpec(kind="generation", template="Q: {text}\nA:")
     assert dev_resolution_note(Dataset("g", gen, train, rows(a=3), [], "t"), TrainConfig()) is None
 

@@ -117,9 +117,10 @@ def label_counts(data: Dataset) -> dict[str, int]:
 def dev_resolution_note(data: Dataset, config: TrainConfig) -> str | None:
     """What the dev split can tell apart, said when it is coarse: the scored dev rows (the first
     ``config.eval_examples``) of the rarest label, when fewer than :data:`THIN_DEV_ROWS`. One such row is
-    ``1/n`` of that label's recall, so states whose dev macro-F1 differ by about that much are picked between by
-    chance (drug reviews: 9 *neutral* rows in 100, and dev preferred class-balanced batches on four seeds that all
-    scored lower on test, benchmarks/quality.md). None for generation, or when every label has enough rows."""
+    ``1/n`` of that label's recall: dev macro-F1 moves in steps of one such row, and states a step or two apart
+    are picked between by chance (drug reviews: 9 *neutral* rows in 100, and dev preferred class-balanced batches
+    on four seeds that all scored lower on test, benchmarks/quality.md). None for generation, or when every label
+    has enough rows."""
     if data.spec.kind != TaskKind.CLASSIFICATION or not data.dev:
         return None
     dev = data.dev[: config.eval_examples]
@@ -127,7 +128,8 @@ def dev_resolution_note(data: Dataset, config: TrainConfig) -> str | None:
     missing = [lab for lab, c in counts.items() if c == 0 and label_counts(data).get(lab)]
     if missing:
         return f"dev ({len(dev)} rows scored) has no {', '.join(missing)} rows: the kept state cannot be chosen on finding them; give dev rows of every label (--dev, for files)"
-    lab, n = min(counts.items(), key=lambda kv: kv[1])
+    present = {lab: c for lab, c in counts.items() if c}  # a label with no rows anywhere is not dev's to find
+    lab, n = min(present.items(), key=lambda kv: kv[1]) if present else (None, THIN_DEV_ROWS)
     if n >= THIN_DEV_ROWS:
         return None
     return f"dev ({len(dev)} rows scored) has {n} {lab} rows: one is {1 / n:.0%} of its recall, so the kept state is picked at that resolution; a larger dev split resolves it finer (--dev, for files)"
