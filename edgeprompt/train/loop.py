@@ -12,6 +12,7 @@ import math
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -124,12 +125,13 @@ def dev_resolution_note(data: Dataset, config: TrainConfig) -> str | None:
     if data.spec.kind != TaskKind.CLASSIFICATION or not data.dev:
         return None
     dev = data.dev[: config.eval_examples]
-    counts = {lab: sum(ex.label == lab for ex in dev) for lab in data.spec.labels}
-    missing = [lab for lab, c in counts.items() if c == 0 and label_counts(data).get(lab)]
+    scored = Counter(ex.label for ex in dev)
+    # the labels training has rows of: dev cannot judge the finding of one that training never saw
+    counts = {lab: scored[lab] for lab, c in label_counts(data).items() if c and lab in data.spec.labels}
+    missing = [lab for lab, c in counts.items() if c == 0]
     if missing:
         return f"dev ({len(dev)} rows scored) has no {', '.join(missing)} rows: the kept state cannot be chosen on finding them; give dev rows of every label (--dev, for files)"
-    present = {lab: c for lab, c in counts.items() if c}  # a label with no rows anywhere is not dev's to find
-    lab, n = min(present.items(), key=lambda kv: kv[1]) if present else (None, THIN_DEV_ROWS)
+    lab, n = min(counts.items(), key=lambda kv: kv[1], default=(None, THIN_DEV_ROWS))
     if n >= THIN_DEV_ROWS:
         return None
     return f"dev ({len(dev)} rows scored) has {n} {lab} rows: one is {1 / n:.0%} of its recall, so the kept state is picked at that resolution; a larger dev split resolves it finer (--dev, for files)"
